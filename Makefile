@@ -1,0 +1,28 @@
+# Two commands, as README says: `make demo` and `make test`. Both create .venv if it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: on these machines the pinned CPU wheel lies on disk; an unpinned torch pulls CUDA.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+.PHONY: install demo test lint clean
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/segsynth demo --out demo_output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check segsynth tests benchmarks
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,27 @@
+"""Methods a sweep can compare, by name. A new method is one file here plus one line below.
+
+Values are "module:Class" strings so that importing segsynth stays light; use ``get_method``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from segsynth.errors import ConfigError
+from segsynth.generators.base import Method, MethodContext, SyntheticGenerator
+
+METHODS: dict[str, str] = {
+    "none": "segsynth.generators.baselines:NoAugmentation",
+    "augment": "segsynth.generators.baselines:ClassicalAugmentation",
+}
+
+
+def get_method(name: str, **options: Any) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+__all__ = ["METHODS", "Method", "MethodContext", "SyntheticGenerator", "get_method"]

@@ -1,0 +1,89 @@
+"""The two small protocols every method is built on.
+
+* ``SyntheticGenerator`` makes paired data: ``fit`` on a few real pairs (and unlabelled images),
+  ``sample(n, generator=...)`` returns new ``Case`` objects with provenance in ``meta``,
+  ``save(dir)`` / ``load(dir)`` round-trip it (init args as JSON + safetensors weights).
+* ``Method`` is what a low-data sweep compares: given a ``MethodContext`` (the N labelled cases, a
+  validation split, unlabelled images, a training config), it trains a segmenter and returns a
+  ``TrainResult``. Most methods only say which pairs to train on (``training_source``); methods that
+  couple generation with segmentation (GenSeg) override ``run``.
+
+A new method is one file in ``segsynth/generators/`` plus one line in ``segsynth.generators.METHODS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+
+from segsynth.data.case import Case, DatasetInfo
+
+if TYPE_CHECKING:
+    from segsynth.segment.sources import PairSource
+    from segsynth.segment.train import TrainConfig, TrainResult
+
+
+@runtime_checkable
+class SyntheticGenerator(Protocol):
+    def fit(self, train: list[Case], *, val: list[Case] | None = None, unlabelled: list[Case] | None = None,
+            device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+        """Train on real data; returns a dict of training statistics (losses, seconds)."""
+
+    def sample(self, n: int, *, generator: torch.Generator, masks: list[Any] | None = None) -> list[Case]:
+        """n new pairs (or one per given mask). Each Case.meta records method, seed/draws and sources."""
+
+    def save(self, directory: str | Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: str | Path, device: torch.device | str = "cpu") -> SyntheticGenerator: ...
+
+
+@dataclass
+class MethodContext:
+    """Everything one (method, N, seed) run needs. Built by the sweep or the CLI."""
+
+    info: DatasetInfo
+    train: list[Case]                 # the N labelled real cases (preprocessed)
+    val: list[Case]                   # validation cases for model selection (never test cases)
+    unlabelled: list[Case] = field(default_factory=list)  # images without labels (same or target domain)
+    segmenter: str = "unet"
+    segmenter_kwargs: dict[str, Any] = field(default_factory=dict)
+    train_config: TrainConfig | None = None
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    workdir: Path | None = None       # per-run folder for checkpoints and fitted generators
+    options: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {"n_synthetic": 200}
+
+    def build_segmenter(self) -> torch.nn.Module:
+        from segsynth.nets.segmenters import build_segmenter
+
+        return build_segmenter(self.segmenter, spatial_dims=self.info.spatial_dims,
+                               in_channels=self.info.in_channels, out_channels=self.info.num_classes,
+                               **self.segmenter_kwargs)
+
+
+class Method:
+    """Base class for sweep methods. Subclasses set ``name`` and usually only ``training_source``."""
+
+    name: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    def training_source(self, ctx: MethodContext) -> PairSource:
+        from segsynth.segment.sources import CaseSource
+
+        return CaseSource(ctx.train, patch_size=ctx.train_config.patch_size if ctx.train_config else None)
+
+    def run(self, ctx: MethodContext) -> TrainResult:
+        from segsynth.segment.train import train_segmenter
+
+        model = ctx.build_segmenter()
+        source = self.training_source(ctx)
+        ckpt = ctx.workdir / "checkpoint" if ctx.workdir else None
+        return train_segmenter(model, source, ctx.val, ctx.train_config, num_classes=ctx.info.num_classes,
+                               device=ctx.device, checkpoint_dir=ckpt)
