@@ -1,0 +1,1 @@
+"""Low-data experiments: sweeps over methods x N x seeds, and the report."""

@@ -1,0 +1,201 @@
+"""Low-data sweeps: methods x N labelled cases x seeds, evaluated on real held-out data.
+
+For each seed the labelled pool is split once (validation and test fixed for that seed) and the training
+sets are nested: the N=1 case is among the N=2 cases, and so on, so a learning curve compares like with like.
+Every finished run is one line of ``results.jsonl``; a killed sweep continues where it stopped and repeats
+nothing. The test cases never enter training or model selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segsynth.data.case import Case, LoadedDataset
+from segsynth.errors import ConfigError, DataError
+from segsynth.generators import get_method
+from segsynth.generators.base import MethodContext
+from segsynth.segment.inference import predict
+from segsynth.segment.train import TrainConfig
+from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
+from segsynth.utils.files import append_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepConfig:
+    data: Path
+    out: Path
+    methods: list[str]
+    n_values: list[int]
+    seeds: list[int]
+    test_data: Path | None = None
+    unlabelled_data: Path | None = None
+    n_val: int = 2
+    n_test: int | None = None
+    max_unlabelled: int | None = None
+    segmenter: str = "unet"
+    segmenter_kwargs: dict[str, Any] = field(default_factory=dict)
+    spec: Any = None  # segsynth.data.preprocess.PreprocessSpec
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    device: str = "auto"
+    sample_predictions: int = 3
+    title: str | None = None
+    report: bool = True
+
+
+def run_key(method: str, n: int, seed: int) -> str:
+    return f"{method}_n{n}_s{seed}"
+
+
+def _volume_groups(cases: Sequence[Case]) -> list[list[Case]]:
+    """Cases grouped by source volume (2D slices of one volume stay together), order kept."""
+    groups: dict[str, list[Case]] = {}
+    for c in cases:
+        groups.setdefault(str(c.meta.get("volume_id", c.case_id)), []).append(c)
+    return list(groups.values())
+
+
+def first_n(cases: Sequence[Case], n: int) -> list[Case]:
+    """The first n labelled units (volumes when cases are slices of volumes): nested training sets."""
+    return [c for g in _volume_groups(cases)[:n] for c in g]
+
+
+def load_for_sweep(cfg: SweepConfig) -> tuple[LoadedDataset, LoadedDataset | None, list[Case]]:
+    from segsynth.data.dataset import load_dataset, load_unlabelled
+    from segsynth.data.preprocess import PreprocessSpec
+
+    spec = cfg.spec or PreprocessSpec()
+    data = load_dataset(cfg.data, spec)
+    test = None
+    if cfg.test_data is not None:
+        test = load_dataset(cfg.test_data, spec)
+        if test.info.num_classes != data.info.num_classes:
+            raise DataError(f"test data has {test.info.num_classes} classes ({test.info.labels}) but the training "
+                            f"data has {data.info.num_classes} ({data.info.labels})", cfg.test_data)
+        if test.info.in_channels != data.info.in_channels:
+            raise DataError(f"test images have {test.info.in_channels} channels, training images "
+                            f"{data.info.in_channels}", cfg.test_data)
+    unlabelled: list[Case] = []
+    if cfg.unlabelled_data is not None:
+        unlabelled = load_unlabelled(cfg.unlabelled_data, spec)
+    return data, test, unlabelled
+
+
+def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """Run (or resume) a sweep; returns all records in results.jsonl and writes the report."""
+    from segsynth.data.splits import split_cases
+    from segsynth.evaluate.metrics import case_metrics
+
+    if not cfg.methods or not cfg.n_values or not cfg.seeds:
+        raise ConfigError("a sweep needs at least one method, one N and one seed")
+    for m in cfg.methods:
+        get_method(m, **cfg.method_options.get(m, {}))  # fail early on unknown names/options
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    data, external, extra_unlabelled = load_for_sweep(cfg)
+    info = data.info
+    done = {(r["method"], r["n_train"], r["seed"], r["test_set"]) for r in read_jsonl(results_path)
+            if r.get("status") == "ok"}
+    n_max = max(cfg.n_values)
+    total = len(cfg.methods) * len(cfg.n_values) * len(cfg.seeds)
+    k = 0
+    for seed in cfg.seeds:
+        split = split_cases(data.cases, n_train=n_max, n_val=cfg.n_val, seed=seed, n_test=cfg.n_test)
+        test_sets = [("in-domain", split.test)]
+        if external is not None:
+            test_sets.append((external.info.name or Path(cfg.test_data).name, external.cases))
+        unlabelled = [Case(c.case_id, c.image, None, dict(c.meta)) for c in split.pool]
+        unlabelled += extra_unlabelled
+        if cfg.max_unlabelled is not None:
+            unlabelled = unlabelled[: cfg.max_unlabelled]
+        for n in cfg.n_values:
+            train = first_n(split.train, n)
+            for method_name in cfg.methods:
+                k += 1
+                if all((method_name, n, seed, name) in done for name, _ in test_sets):
+                    log.info("[%d/%d] %s N=%d seed=%d: done already", k, total, method_name, n, seed)
+                    continue
+                log.info("[%d/%d] %s N=%d seed=%d: training on %d cases", k, total, method_name, n, seed,
+                         len(train))
+                records = _one_run(cfg, info, method_name, n, seed, train, split.val, unlabelled, test_sets,
+                                   device, out, case_metrics)
+                for r in records:
+                    append_jsonl(results_path, r)
+    records = read_jsonl(results_path)
+    if cfg.report:
+        from segsynth.experiments.report import write_report
+
+        samples = sorted(str(p) for p in (out / "samples").glob("*.png"))
+        write_report(records, out, title=cfg.title or f"segsynth sweep on {info.name}", baseline="none"
+                     if "none" in cfg.methods else cfg.methods[0], sample_images=samples)
+    return records
+
+
+def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train: list[Case], val: list[Case],
+             unlabelled: list[Case], test_sets, device: torch.device, out: Path, case_metrics) -> list[dict]:
+    from dataclasses import replace
+
+    from segsynth.experiments.overlays import save_overlay
+
+    base = {"dataset": info.name, "method": method_name, "n_train": n, "seed": seed, "segmenter": cfg.segmenter,
+            "labels": {str(k): v for k, v in info.labels.items() if k != 0}, "n_train_cases": len(train)}
+    workdir = out / "runs" / run_key(method_name, n, seed)
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    try:
+        method = get_method(method_name, **cfg.method_options.get(method_name, {}))
+        ctx = MethodContext(info=info, train=train, val=val, unlabelled=unlabelled, segmenter=cfg.segmenter,
+                            segmenter_kwargs=dict(cfg.segmenter_kwargs),
+                            train_config=replace(cfg.train, seed=seed), seed=seed, device=device,
+                            workdir=workdir, options=cfg.method_options.get(method_name, {}))
+        result = method.run(ctx)
+    except (KeyboardInterrupt, DataError, ConfigError):
+        raise
+    except Exception as e:  # one failed method must not sink the sweep; it is recorded and reported
+        log.error("%s N=%d seed=%d failed: %s", method_name, n, seed, e)
+        return [{**base, "test_set": name, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                 "traceback": traceback.format_exc()[-2000:]} for name, _ in test_sets]
+    train_seconds = time.perf_counter() - t0
+    records = []
+    for name, cases in test_sets:
+        per_case = []
+        for i, c in enumerate(cases):
+            pred = predict(result.model, c.image, info.num_classes, patch_size=cfg.train.patch_size, device=device)
+            m = case_metrics(pred, c.mask, info.labels, spacing=c.meta.get("spacing"))
+            per_case.append({"case_id": c.case_id, **m})
+            if seed == cfg.seeds[0] and n == max(cfg.n_values) and i < cfg.sample_predictions:
+                save_overlay(c.image, c.mask, pred, out / "samples" / f"{name}_{method_name}_n{n}_{c.case_id}.png",
+                             title=f"{method_name}, N={n}, {name}: {c.case_id}, Dice {m['dice_mean']:.3f}")
+        dice = [p["dice_mean"] for p in per_case]
+        hd = [p["hd95_mean"] for p in per_case if p.get("hd95_mean") is not None]
+        records.append({**base, "test_set": name, "status": "ok", "val_dice": result.best_val_dice,
+                        "best_step": result.best_step, "train_seconds": train_seconds,
+                        "seconds": time.perf_counter() - t0, "peak_memory_mb": peak_memory_mb(device),
+                        "device": str(device), "dice_mean": float(np.mean(dice)) if dice else None,
+                        "hd95_mean": float(np.mean(hd)) if hd else None, "n_test": len(cases),
+                        "per_case": per_case})
+    return records
+
+
+def print_summary(records: list[dict[str, Any]], out: Path) -> None:
+    """The terminal view of a sweep: a Dice table per test set, then where the report is."""
+    from segsynth.experiments.report import format_table
+
+    print(format_table(records))
+    report = Path(out) / "report.html"
+    if report.exists():
+        print(f"\nHTML report: {report}")
+    print(f"results: {Path(out) / 'results.jsonl'}")

@@ -1,0 +1,1 @@
+"""Network factories. Every network takes ``spatial_dims`` so one class serves 2D and 3D."""

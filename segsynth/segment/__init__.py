@@ -1,0 +1,1 @@
+"""Segmentation: training sources, the one training loop (DDP-aware), inference."""

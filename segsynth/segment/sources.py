@@ -1,0 +1,132 @@
+"""Where training batches come from. The training loop only ever calls ``source.draw(batch_size, generator)``.
+
+Real pairs, classical augmentation, synthetic pairs, learned transforms sampled on the fly and GenSeg's
+generated images are all PairSources, so every method shares one training loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segsynth.data.case import Case
+from segsynth.errors import DataError
+
+
+@runtime_checkable
+class PairSource(Protocol):
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch (x float (B, C, *S), y long (B, *S)) on the CPU."""
+
+
+class CaseSource:
+    """Random labelled cases, optionally augmented, optionally cropped to random patches (3D).
+
+    Args:
+        cases: labelled cases (mask not None).
+        transform: an object with ``draw(spatial_shape, generator)`` and ``apply(image, mask, params,
+            num_classes)`` (see segsynth.data.transforms), applied per sample.
+        patch_size: random crops of this size (padded when the case is smaller); a third of the crops are
+            centred on a foreground voxel, as nnU-Net does, so small structures are seen often enough.
+        num_classes: number of classes (for label warping); inferred from the masks when None.
+    """
+
+    def __init__(self, cases: Sequence[Case], transform: Any = None, patch_size: Sequence[int] | None = None,
+                 num_classes: int | None = None, foreground_fraction: float = 1 / 3):
+        cases = [c for c in cases]
+        if not cases:
+            raise DataError("no training cases to draw from")
+        for c in cases:
+            if c.mask is None:
+                raise DataError("case has no mask; a training source needs labelled cases", c.case_id)
+        self.images = [torch.as_tensor(c.image, dtype=torch.float32) for c in cases]
+        self.masks = [torch.as_tensor(c.mask, dtype=torch.long) for c in cases]
+        self.case_ids = [c.case_id for c in cases]
+        self.transform = transform
+        self.patch_size = tuple(patch_size) if patch_size else None
+        self.num_classes = num_classes or int(max(int(m.max()) for m in self.masks)) + 1
+        self.foreground_fraction = foreground_fraction
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.images), (batch_size,), generator=generator).tolist()
+        xs, ys = [], []
+        for i in idx:
+            x, y = self.images[i], self.masks[i]
+            if self.transform is not None:
+                params = self.transform.draw(x.shape[1:], generator)
+                x, y = self.transform.apply(x, y, params, self.num_classes)
+            if self.patch_size is not None:
+                x, y = random_patch(x, y, self.patch_size, generator, self.foreground_fraction)
+            xs.append(x)
+            ys.append(y)
+        return collate(xs, ys)
+
+
+class MixedSource:
+    """Draw each sample of a batch from one of several sources with the given weights."""
+
+    def __init__(self, sources: Sequence[tuple[PairSource, float]]):
+        if not sources:
+            raise ValueError("MixedSource needs at least one source")
+        self.sources = [s for s, _ in sources]
+        w = torch.tensor([float(w) for _, w in sources])
+        self.weights = w / w.sum()
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        choice = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
+        xs, ys = [], []
+        for k, src in enumerate(self.sources):
+            n = int((choice == k).sum())
+            if n:
+                x, y = src.draw(n, generator)
+                xs.extend(x)
+                ys.extend(y)
+        return collate(xs, ys)
+
+
+def collate(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples; differently sized 3D samples are padded to the largest (image min, background 0)."""
+    shapes = {tuple(x.shape[1:]) for x in xs}
+    if len(shapes) > 1:
+        target = tuple(max(s[d] for s in shapes) for d in range(len(next(iter(shapes)))))
+        xs = [pad_to(x, target, float(x.min())) for x in xs]
+        ys = [pad_to(y[None], target, 0)[0] for y in ys]
+    return torch.stack(list(xs)).float(), torch.stack(list(ys)).long()
+
+
+def pad_to(t: torch.Tensor, shape: Sequence[int], value: float) -> torch.Tensor:
+    """Pad a (C, *S) tensor at the end of each spatial axis up to ``shape``."""
+    pads: list[int] = []
+    for have, want in reversed(list(zip(t.shape[1:], shape))):
+        pads += [0, max(0, want - have)]
+    if not any(pads):
+        return t
+    return F.pad(t, pads, value=value)
+
+
+def random_patch(x: torch.Tensor, y: torch.Tensor, size: Sequence[int], generator: torch.Generator,
+                 foreground_fraction: float = 1 / 3) -> tuple[torch.Tensor, torch.Tensor]:
+    size = tuple(size)
+    x = pad_to(x, [max(a, b) for a, b in zip(x.shape[1:], size)], float(x.min()))
+    y = pad_to(y[None], [max(a, b) for a, b in zip(y.shape, size)], 0)[0]
+    starts = []
+    fg = None
+    if torch.rand((), generator=generator).item() < foreground_fraction:
+        fg = torch.nonzero(y > 0)
+    if fg is not None and len(fg):
+        centre = fg[int(torch.randint(len(fg), (), generator=generator))]
+        for d, s in enumerate(size):
+            lo = int(np.clip(int(centre[d]) - s // 2, 0, y.shape[d] - s))
+            starts.append(lo)
+    else:
+        for d, s in enumerate(size):
+            starts.append(int(torch.randint(y.shape[d] - s + 1, (), generator=generator)))
+    sl = tuple(slice(a, a + s) for a, s in zip(starts, size))
+    return x[(slice(None),) + sl], y[sl]
