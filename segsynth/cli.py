@@ -223,6 +223,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _command(sub, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:  # noqa: A002
+    """A sub-command whose --help shows its one-line description too."""
+    return sub.add_parser(name, help=help, description=help, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="segsynth",
@@ -231,19 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="run a small sweep on the sample shipped with the package (about 3-5 min on "
+    s = _command(sub, "demo", help="run a small sweep on the sample shipped with the package (about 3-5 min on "
                                     "2 CPU cores), print a Dice table and write an HTML report", epilog=EPILOG)
     add_common(s, out=False)
     s.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     s.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("check-data", help="validate a dataset folder and print a summary (cases, sizes, classes, "
+    s = _command(sub, "check-data", help="validate a dataset folder and print a summary (cases, sizes, classes, "
                                           "problems); exit 2 when problems are found", epilog=EPILOG)
     s.add_argument("folder", type=Path)
     s.set_defaults(func=cmd_check_data)
 
-    s = sub.add_parser("train", help="train one segmenter with one method on N labelled cases, save it, and "
+    s = _command(sub, "train", help="train one segmenter with one method on N labelled cases, save it, and "
                                      "evaluate it on the held-out cases", epilog=EPILOG)
     add_common(s)
     add_data_options(s)
@@ -253,21 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-test", type=int, default=None, help="test cases (default: all not used for training)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="Dice and HD95 of a saved model on a labelled dataset folder",
+    s = _command(sub, "evaluate", help="Dice and HD95 of a saved model on a labelled dataset folder",
                        epilog=EPILOG)
     add_common(s)
     s.add_argument("--model", type=Path, required=True, help="model folder written by `segsynth train`")
     s.add_argument("--data", type=Path, required=True, help="labelled dataset folder")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("predict", help="segment images with a saved model; writes masks in the input's format "
+    s = _command(sub, "predict", help="segment images with a saved model; writes masks in the input's format "
                                        "(NIfTI keeps the affine; PNG keeps the size)", epilog=EPILOG)
     add_common(s)
     s.add_argument("--model", type=Path, required=True, help="model folder written by `segsynth train`")
     s.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("sweep", help="low-data sweep: methods x N x seeds, Dice/HD95 on held-out data, paired "
+    s = _command(sub, "sweep", help="low-data sweep: methods x N x seeds, Dice/HD95 on held-out data, paired "
                                      "tests, learning curves, HTML report; resumable", epilog=EPILOG)
     add_common(s)
     add_data_options(s)
@@ -284,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", default=None, help="report title")
     s.set_defaults(func=cmd_sweep)
 
-    s = sub.add_parser("methods", help="list the methods a sweep can compare")
+    s = _command(sub, "methods", help="list the methods a sweep can compare (`segsynth sweep --methods ...`), "
+                                      "each with a one-line description")
     s.set_defaults(func=cmd_methods)
 
     from segsynth.commands import COMMAND_MODULES

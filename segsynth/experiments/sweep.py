@@ -21,6 +21,7 @@ import torch
 
 from segsynth.data.case import Case, LoadedDataset
 from segsynth.errors import ConfigError, DataError
+from segsynth.evaluate.metrics import case_metrics, case_spacing
 from segsynth.generators import get_method
 from segsynth.generators.base import MethodContext
 from segsynth.segment.inference import predict
@@ -95,7 +96,6 @@ def load_for_sweep(cfg: SweepConfig) -> tuple[LoadedDataset, LoadedDataset | Non
 def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Run (or resume) a sweep; returns all records in results.jsonl and writes the report."""
     from segsynth.data.splits import split_cases
-    from segsynth.evaluate.metrics import case_metrics
 
     if not cfg.methods or not cfg.n_values or not cfg.seeds:
         raise ConfigError("a sweep needs at least one method, one N and one seed")
@@ -131,7 +131,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                 log.info("[%d/%d] %s N=%d seed=%d: training on %d cases", k, total, method_name, n, seed,
                          len(train))
                 records = _one_run(cfg, info, method_name, n, seed, train, split.val, unlabelled, test_sets,
-                                   device, out, case_metrics)
+                                   device, out)
                 for r in records:
                     append_jsonl(results_path, r)
     records = read_jsonl(results_path)
@@ -145,7 +145,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 
 def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train: list[Case], val: list[Case],
-             unlabelled: list[Case], test_sets, device: torch.device, out: Path, case_metrics) -> list[dict]:
+             unlabelled: list[Case], test_sets, device: torch.device, out: Path) -> list[dict]:
     from dataclasses import replace
 
     from segsynth.experiments.overlays import save_overlay
@@ -174,7 +174,7 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         per_case = []
         for i, c in enumerate(cases):
             pred = predict(result.model, c.image, info.num_classes, patch_size=cfg.train.patch_size, device=device)
-            m = case_metrics(pred, c.mask, info.labels, spacing=c.meta.get("spacing"))
+            m = case_metrics(pred, c.mask, info.labels, spacing=case_spacing(c))
             per_case.append({"case_id": c.case_id, **m})
             if seed == cfg.seeds[0] and n == max(cfg.n_values) and i < cfg.sample_predictions:
                 save_overlay(c.image, c.mask, pred, out / "samples" / f"{name}_{method_name}_n{n}_{c.case_id}.png",
