@@ -1,0 +1,72 @@
+"""Helpers shared by benchmark scripts: where the real data is, and a JSON + PNG summary of a sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SEGSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def shared(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        sys.exit(f"benchmark needs {path} (set SEGSYNTH_SHARED_DATA to the folder holding the datasets)")
+    return path
+
+
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_at_end": os.getloadavg()}
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (test set, method, N): mean ± sd over seeds of Dice, HD95, seconds, peak memory."""
+    from segsynth.evaluate.stats import ci95, mean_sd
+
+    out = []
+    keys = sorted({(r["test_set"], r["method"], r["n_train"]) for r in records if r.get("status") == "ok"})
+    for test_set, method, n in keys:
+        rs = [r for r in records if r.get("status") == "ok" and (r["test_set"], r["method"], r["n_train"]) ==
+              (test_set, method, n)]
+        d_m, d_sd = mean_sd([r["dice_mean"] for r in rs])
+        h_m, h_sd = mean_sd([r["hd95_mean"] for r in rs if r.get("hd95_mean") is not None])
+        lo, hi = ci95([r["dice_mean"] for r in rs])
+        out.append({"test_set": test_set, "method": method, "n_train": n, "seeds": len(rs),
+                    "dice_mean": d_m, "dice_sd": d_sd, "dice_ci95": [lo, hi], "hd95_mean": h_m, "hd95_sd": h_sd,
+                    "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
+                    "peak_memory_mb": float(np.max([r["peak_memory_mb"] for r in rs]))})
+    return out
+
+
+def paired(records: list[dict[str, Any]], a: str, b: str) -> list[dict[str, Any]]:
+    """Paired tests of method a vs b per (test set, N), pairing on (seed, case)."""
+    from segsynth.evaluate.stats import compare_methods
+
+    out = []
+    for test_set in sorted({r["test_set"] for r in records}):
+        rs = [r for r in records if r["test_set"] == test_set]
+        for n in sorted({r["n_train"] for r in rs}):
+            res = compare_methods(rs, a, b, n_train=n)
+            out.append({"test_set": test_set, **res})
+    return out
+
+
+def write_summary(name: str, config: dict[str, Any], records: list[dict[str, Any]],
+                  comparisons: list[dict[str, Any]]) -> Path:
+    from segsynth.utils.files import write_json
+
+    path = RESULTS / f"{name}.json"
+    write_json(path, {"benchmark": name, "config": config, "machine": machine(), "summary": summarise(records),
+                      "comparisons": comparisons})
+    return path
