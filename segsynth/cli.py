@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,10 @@ def parse_method_options(items: list[str]) -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------- commands
 def cmd_check_data(a: argparse.Namespace) -> int:
     from segsynth.data.check import check_dataset
+    from segsynth.data.preprocess import PreprocessSpec
 
-    report = check_dataset(a.folder)
+    spec = PreprocessSpec(spatial_dims=a.dims, size=a.size) if (a.dims or a.size) else None
+    report = check_dataset(a.folder, spec)
     print(report.format())
     return 0 if not report.problems else 2
 
@@ -175,6 +178,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                         train_config=train_config_from_args(a), seed=a.seed, device=device,
                         workdir=a.out / "work", options=opts)
     result = method.run(ctx)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
+        return 0
     save_segmenter(result.model, a.out / "model", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
                    extra={"method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
                           "train_cases": [c.case_id for c in split.train]})
@@ -245,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "check-data", help="validate a dataset folder and print a summary (cases, sizes, classes, "
                                           "problems); exit 2 when problems are found", epilog=EPILOG)
-    s.add_argument("folder", type=Path)
+    s.add_argument("folder", type=Path, help="the dataset folder to check")
+    s.add_argument("--dims", type=int, choices=(2, 3), default=None,
+                   help="also check loading as 2D slices (2) or 3D volumes (3)")
+    s.add_argument("--size", type=int, default=None, help="also check resizing to this 2D working size")
     s.set_defaults(func=cmd_check_data)
 
     s = _command(sub, "train", help="train one segmenter with one method on N labelled cases, save it, and "

@@ -172,11 +172,13 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
     records = []
     for name, cases in test_sets:
         per_case = []
+        # overlays show the test cases with the most foreground (an empty slice says little)
+        show = set(sorted(range(len(cases)), key=lambda i: -int((cases[i].mask > 0).sum()))[: cfg.sample_predictions])
         for i, c in enumerate(cases):
             pred = predict(result.model, c.image, info.num_classes, patch_size=cfg.train.patch_size, device=device)
             m = case_metrics(pred, c.mask, info.labels, spacing=case_spacing(c))
             per_case.append({"case_id": c.case_id, **m})
-            if seed == cfg.seeds[0] and n == max(cfg.n_values) and i < cfg.sample_predictions:
+            if seed == cfg.seeds[0] and n == max(cfg.n_values) and i in show:
                 save_overlay(c.image, c.mask, pred, out / "samples" / f"{name}_{method_name}_n{n}_{c.case_id}.png",
                              title=f"{method_name}, N={n}, {name}: {c.case_id}, Dice {m['dice_mean']:.3f}")
         dice = [p["dice_mean"] for p in per_case]
