@@ -155,7 +155,7 @@ def _prepare_split(a: argparse.Namespace):
     from segsynth.data.splits import split_cases
 
     spec = spec_from_args(a)
-    data = load_dataset(a.data, spec)
+    data = load_dataset(a.data, spec, progress=not getattr(a, "quiet", False))
     split = split_cases(data.cases, n_train=a.n, n_val=a.n_val, seed=a.seed, n_test=a.n_test)
     return data, split, spec
 
@@ -180,9 +180,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     result = method.run(ctx)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
         return 0
-    save_segmenter(result.model, a.out / "model", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
-                   extra={"method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
-                          "train_cases": [c.case_id for c in split.train]})
+    if hasattr(result.model, "segsynth_config"):
+        save_segmenter(result.model, a.out / "model", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
+                       extra={"method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
+                              "train_cases": [c.case_id for c in split.train]})
+    else:  # e.g. single-atlas segmentation: a registration model plus an atlas, not a segmenter network
+        log.warning("method %s returns a %s, not a segmenter network: no model/ folder is written "
+                    "(its own command saves its models)", a.method, type(result.model).__name__)
     preds = predict_cases(result.model, split.test, patch_size=ctx.train_config.patch_size, device=device)
     rows = evaluate_cases(preds, split.test, data.info.labels)
     write_metrics(rows, a.out / "test_metrics")
@@ -190,7 +194,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     print(f"trained {a.method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}; "
           f"test Dice {np.mean([r['dice_mean'] for r in rows]):.3f} over {len(rows)} cases")
-    print(f"model: {a.out / 'model'}   metrics: {a.out / 'test_metrics'}")
+    print(f"model: {a.out / 'model' if hasattr(result.model, 'segsynth_config') else '(not saved)'}   metrics: {a.out / 'test_metrics'}")
     return 0
 
 
@@ -207,7 +211,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     model, config = load_segmenter(a.model, device)
     spec = PreprocessSpec(**config["spec"])
-    data = load_dataset(a.data, spec)
+    data = load_dataset(a.data, spec, progress=not a.quiet)
     labels = {int(k): v for k, v in config["info"]["labels"].items()}
     if data.info.num_classes != len(labels):
         raise ConfigError(f"{a.data}: {data.info.num_classes} classes, but the model predicts {len(labels)}")

@@ -4,4 +4,8 @@ Each module listed in ``COMMAND_MODULES`` defines ``add_parser(subparsers)`` whi
 sub-commands and sets ``func`` (a callable taking the parsed args and returning an exit code).
 """
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "segsynth.commands.transforms",
+    "segsynth.commands.genseg",
+    "segsynth.commands.brainspade",
+]

@@ -14,6 +14,17 @@ from segsynth.generators.base import Method, MethodContext, SyntheticGenerator
 METHODS: dict[str, str] = {
     "none": "segsynth.generators.baselines:NoAugmentation",
     "augment": "segsynth.generators.baselines:ClassicalAugmentation",
+    "genseg": "segsynth.generators.genseg:GenSegMethod",
+    "separate": "segsynth.generators.genseg:SeparateMethod",
+    "sas": "segsynth.generators.learned_transforms:SASMethod",
+    "sas_aug": "segsynth.generators.learned_transforms:SASAugMethod",
+    "randaug": "segsynth.generators.learned_transforms:RandAugMethod",
+    "learned": "segsynth.generators.learned_transforms:LearnedMethod",
+    "learned_randaug": "segsynth.generators.learned_transforms:LearnedRandAugMethod",
+    "domain_rand": "segsynth.generators.domain_randomization:DomainRandMethod",
+    "transfer": "segsynth.generators.transfer:TransferMethod",
+    "spade": "segsynth.generators.brainspade:SpadeMethod",
+    "brainspade": "segsynth.generators.brainspade:BrainSpadeMethod",
 }
 
 

@@ -16,7 +16,8 @@ def save_module(module: torch.nn.Module, directory: str | Path, config: dict[str
     """Write `<name>.safetensors` + `<name>.json` (config) atomically into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    # clone: safetensors refuses tensors that share storage (e.g. DynUNet's deep-supervision heads)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     with atomic_path(directory / f"{name}.safetensors") as tmp:
         save_file(state, str(tmp))
     write_json(directory / f"{name}.json", config)

@@ -1,0 +1,243 @@
+"""CLI: ``segsynth genseg`` (train a GenSeg generator + segmenter) and ``segsynth synthesize`` (write data).
+
+    segsynth genseg --data ../shared/data/jsrt_lungs --n 7 --n-val 2 --size 128 --steps 500 --out runs/genseg
+    segsynth synthesize --model runs/genseg/generator --augment-from ../shared/data/jsrt_lungs --n 200 \\
+        --out synthetic/jsrt_genseg
+    segsynth synthesize --model runs/genseg/generator --masks my_masks/ --out synthetic/from_masks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segsynth.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+GENSEG_HELP = ("train GenSeg: a searchable Pix2Pix mask-to-image generator trained end to end with a segmenter "
+               "(architecture follows the segmenter's validation loss); saves generator and segmenter and "
+               "evaluates on the held-out cases")
+SYNTH_HELP = ("write a synthetic dataset (dataset.json + provenance: seed, source mask, model) with a trained "
+              "GenSeg generator, from given masks or augmented masks of a dataset")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from segsynth.cli import EPILOG, add_common, add_data_options, add_train_options
+
+    s = sub.add_parser("genseg", help=GENSEG_HELP, description=GENSEG_HELP, epilog=EPILOG)
+    add_common(s)
+    add_data_options(s)
+    add_train_options(s)
+    s.add_argument("--n", type=int, required=True, help="number of labelled training cases")
+    s.add_argument("--n-test", type=int, default=None, help="test cases (default: all not used for training)")
+    s.add_argument("--separate", action="store_true",
+                   help="the ablation: train the generator without segmentation feedback, then use it")
+    g = s.add_argument_group("GenSeg (more with --method-opt genseg.KEY=VALUE, see GenSegOptions)")
+    g.add_argument("--pretrain-steps", type=int, default=None, help="GAN steps before the segmenter (default 300)")
+    g.add_argument("--arch-every", type=int, default=None, help="architecture update every K steps (default 2)")
+    g.add_argument("--hypergradient", choices=("finite_difference", "exact"), default=None,
+                   help="how the architecture hypergradient is computed (default finite_difference)")
+    g.add_argument("--gen-features", type=int, default=None, help="generator channels at the first level (32)")
+    s.set_defaults(func=cmd_genseg)
+
+    s = sub.add_parser("synthesize", help=SYNTH_HELP, description=SYNTH_HELP, epilog=EPILOG)
+    add_common(s)
+    s.add_argument("--model", type=Path, required=True,
+                   help="a generator folder (genseg.json) or a `segsynth genseg` output folder")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--masks", type=Path, help="folder (or file) of masks: one image per mask (cycled up to --n)")
+    src.add_argument("--augment-from", type=Path,
+                     help="labelled dataset folder whose masks are augmented (flip, crop/pad, scale, translate, "
+                          "rotate, shear, elastic) and rendered")
+    s.add_argument("--n", type=int, default=None, help="number of pairs (default: one per mask with --masks)")
+    s.add_argument("--format", choices=("auto", "png", "nifti"), default="auto",
+                   help="file format (auto: PNG for 2D X-ray/photos, NIfTI otherwise)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    s.set_defaults(func=cmd_synthesize)
+
+
+# ---------------------------------------------------------------------------------------------- genseg
+
+def _genseg_options(a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    from segsynth.cli import parse_method_options
+
+    method = "separate" if a.separate else "genseg"
+    parsed = parse_method_options(a.method_opt)
+    opts = {**parsed.get("genseg", {}), **parsed.get(method, {})}
+    for flag, key in (("pretrain_steps", "pretrain_steps"), ("arch_every", "arch_every"),
+                      ("hypergradient", "hypergradient"), ("gen_features", "features")):
+        v = getattr(a, flag)
+        if v is not None:
+            opts[key] = v
+    opts.setdefault("save_search", not a.separate)
+    return method, opts
+
+
+def cmd_genseg(a: argparse.Namespace) -> int:
+    from segsynth.cli import _prepare_split, segmenter_kwargs_from_args, train_config_from_args
+    from segsynth.data.case import Case
+    from segsynth.evaluate.metrics import evaluate_cases, write_metrics
+    from segsynth.generators.base import MethodContext
+    from segsynth.generators.genseg import GenSegOptions, train_genseg
+    from segsynth.segment.inference import predict_cases
+    from segsynth.segment.model_io import save_segmenter
+    from segsynth.utils.device import resolve_device
+    from segsynth.utils.files import write_json
+
+    method, raw = _genseg_options(a)
+    opts = GenSegOptions.from_dict(raw)
+    data, split, spec = _prepare_split(a)
+    device = resolve_device(a.device)
+    ctx = MethodContext(info=data.info, train=split.train, val=split.val,
+                        unlabelled=[Case(c.case_id, c.image, None, c.meta) for c in split.pool],
+                        segmenter=a.segmenter, segmenter_kwargs=segmenter_kwargs_from_args(a),
+                        train_config=train_config_from_args(a), seed=a.seed, device=device,
+                        workdir=a.out / "work", options=raw)
+    result, gen = train_genseg(ctx, opts, feedback=not a.separate)
+    save_segmenter(result.model, a.out / "segmenter", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
+                   extra={"method": method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
+                          "train_cases": [c.case_id for c in split.train]})
+    gen.save(a.out / "generator")
+    summary: dict[str, Any] = {"method": method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
+                               "train_seconds": result.seconds, "peak_memory_mb": result.peak_memory_mb,
+                               "architecture": gen.config()["architecture"], "search": gen.search_record,
+                               "options": raw, "train_cases": [c.case_id for c in split.train],
+                               "val_cases": [c.case_id for c in split.val]}
+    if split.test:
+        preds = predict_cases(result.model, split.test, patch_size=ctx.train_config.patch_size, device=device)
+        rows = evaluate_cases(preds, split.test, data.info.labels)
+        write_metrics(rows, a.out / "test_metrics")
+        summary["test_dice"] = float(np.mean([r["dice_mean"] for r in rows]))
+        summary["n_test"] = len(rows)
+    write_json(a.out / "summary.json", summary)
+    test = f"; test Dice {summary['test_dice']:.3f} over {summary['n_test']} cases" if "test_dice" in summary else ""
+    print(f"{method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}{test}")
+    print(f"generator ({json.dumps(gen.config()['architecture']['genotype'])}): {a.out / 'generator'}")
+    print(f"segmenter: {a.out / 'segmenter'}   summary: {a.out / 'summary.json'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- synthesize
+
+def _generator_dir(path: Path) -> Path:
+    from segsynth.generators.genseg import GENSEG_CONFIG
+
+    if (path / GENSEG_CONFIG).exists():
+        return path
+    if (path / "generator" / GENSEG_CONFIG).exists():
+        return path / "generator"
+    raise DataError(f"no {GENSEG_CONFIG} here or in generator/: not a GenSeg generator folder", path)
+
+
+def _mask_files(path: Path) -> list[Path]:
+    from segsynth.data.io import is_image_file
+
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError("mask folder does not exist", path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+    if not files:
+        raise DataError("no mask files (PNG, JPEG, NIfTI) in this folder", path)
+    return files
+
+
+def _read_masks(files: list[Path], gen: Any) -> list[tuple[str, np.ndarray]]:
+    """Masks as contiguous class ids at the generator's working size (2D: nearest resize)."""
+    import torch
+    import torch.nn.functional as F
+
+    from segsynth.data.io import file_stem, read_mask
+
+    k = gen.num_classes
+    vmap: dict[int, int] | None = None
+    if gen.info is not None and gen.info.extra.get("value_map"):
+        vmap = {int(r): int(i) for r, i in gen.info.extra["value_map"].items()}
+    out = []
+    for f in files:
+        raw, meta = read_mask(f)
+        values = set(np.unique(raw).tolist())
+        if vmap is not None and values <= set(vmap):
+            mask = np.zeros(raw.shape, dtype=np.int64)
+            for r, i in vmap.items():
+                mask[raw == r] = i
+        elif values <= set(range(k)):
+            mask = raw.astype(np.int64)
+        else:
+            known = sorted(vmap) if vmap is not None else list(range(k))
+            raise DataError(f"mask values {sorted(values)} are not the generator's classes (stored values "
+                            f"{known})", f)
+        if mask.ndim != len(gen.spatial_shape):
+            raise DataError(f"mask is {mask.ndim}D but the generator is {len(gen.spatial_shape)}D", f)
+        if mask.ndim == 2 and list(mask.shape) != list(gen.spatial_shape):
+            t = torch.as_tensor(mask)[None, None].float()
+            mask = F.interpolate(t, size=tuple(gen.spatial_shape), mode="nearest")[0, 0].long().numpy()
+        out.append((file_stem(f), mask))
+    return out
+
+
+def cmd_synthesize(a: argparse.Namespace) -> int:
+    from segsynth.data.case import DatasetInfo
+    from segsynth.data.writer import DatasetWriter
+    from segsynth.generators.genseg import GenSegGenerator
+    from segsynth.utils.device import resolve_device
+    from segsynth.utils.seed import derive_seed
+
+    model_dir = _generator_dir(a.model)
+    gen = GenSegGenerator.load(model_dir, resolve_device(a.device))
+    if a.n is not None and a.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {a.n}")
+    assert gen.num_classes is not None and gen.image_channels is not None and gen.spatial_shape is not None
+    if a.masks is not None:
+        masks = _read_masks(_mask_files(a.masks), gen)
+        n = a.n or len(masks)
+        source = str(a.masks)
+    else:
+        from segsynth.data.dataset import load_dataset
+        from segsynth.data.preprocess import PreprocessSpec
+
+        if a.n is None:
+            raise ConfigError("--augment-from needs --n (how many pairs to write)")
+        n = a.n
+        spec_json = (gen.info.extra.get("preprocess") if gen.info is not None else None) or {}
+        spec = PreprocessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec_json.items()})
+        data = load_dataset(a.augment_from, spec, progress=not a.quiet)
+        if data.info.num_classes != gen.num_classes:
+            raise DataError(f"the dataset has {data.info.num_classes} classes but the generator renders "
+                            f"{gen.num_classes}", a.augment_from)
+        if data.info.spatial_dims != len(gen.spatial_shape):
+            raise DataError(f"the dataset is {data.info.spatial_dims}D but the generator is "
+                            f"{len(gen.spatial_shape)}D", a.augment_from)
+        gen.set_source_masks([c for c in data.cases if c.mask is not None])
+        masks = []
+        source = str(a.augment_from)
+    info = gen.info or DatasetInfo(name="genseg", labels={i: f"class{i}" for i in range(gen.num_classes)},
+                                   modality="other", spatial_dims=len(gen.spatial_shape),
+                                   in_channels=gen.image_channels)
+    info = DatasetInfo(name=f"{info.name} (GenSeg synthetic)", labels=dict(info.labels), modality=info.modality,
+                       spatial_dims=info.spatial_dims, in_channels=info.in_channels, file_format=info.file_format)
+    provenance = {"method": "genseg", "model": str(model_dir.resolve()), "seed": a.seed, "n": n,
+                  "source": source, "augmented": a.masks is None,
+                  "genotype": gen._require().current_genotype()}
+    written = 0
+    with DatasetWriter(a.out, info, fmt=a.format, provenance=provenance, overwrite=a.overwrite) as w:
+        for i in range(n):
+            cid = f"genseg_{i:05d}"
+            if w.has(cid):
+                continue
+            seed = derive_seed(a.seed, "synthesize", i)
+            if masks:
+                name, mask = masks[i % len(masks)]
+                case = gen.sample_pair(seed, mask, case_id=cid, source_id=name)
+            else:
+                case = gen.sample_pair(seed, case_id=cid)
+            w.add(case)
+            written += 1
+    print(f"wrote {written} synthetic pairs ({n} in all) to {a.out}")
+    return 0

@@ -1,0 +1,366 @@
+"""Pix2Pix with searchable cells (GenSeg's mask-to-image generator) and a PatchGAN discriminator, 2D and 3D.
+
+The generator is the Pix2Pix U-Net (Isola et al. 2017): ``num_downs`` stride-2 down-sampling cells, the
+mirrored up-sampling cells with skip connections, instance normalisation, LeakyReLU(0.2) on the way down,
+ReLU on the way up, dropout on the innermost up cells, ``tanh`` output. As in GenSeg, every down- and
+up-sampling block is a *searchable cell*: a mixture ``sum_i softmax(alpha)_i * op_i(x)`` over candidate
+operations that differ in kernel size, stride and padding but give the same output shape:
+
+* down (halve the size): ``conv3`` (k3, p1), ``conv4`` (k4, p1), ``conv5`` (k5, p2), all stride 2;
+* up (double the size): ``deconv4`` (transposed k4, s2, p1), ``deconv2`` (transposed k2, s2),
+  ``up_conv3`` / ``up_conv5`` (nearest up-sampling then a k3 / k5 convolution).
+
+The architecture weights ``alpha`` (one row per cell) are parameters of the module but are kept apart
+from the network weights: ``arch_parameters()`` and ``weight_parameters()`` give the two groups, so each gets
+its own optimiser. ``derive()`` returns the discrete network (the strongest operation per cell, weights
+copied); its ``genotype`` is part of ``config()`` (the JSON init args saved beside the weights), so a
+derived network reloads as what it is.
+
+Randomness: dropout is the generator's only noise source (as in Pix2Pix, where it is kept on at test time
+for diverse outputs). It is active only when ``forward`` gets a ``torch.Generator``, which draws the masks;
+without one the network is deterministic. Nothing here touches the global random state after
+construction: ``reset_parameters(seed)`` initialises weights from a seed (N(0, 0.02), as Pix2Pix).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets import PatchDiscriminator
+
+from segsynth.errors import ConfigError
+
+DOWN_OPS: tuple[str, ...] = ("conv3", "conv4", "conv5")
+UP_OPS: tuple[str, ...] = ("deconv4", "deconv2", "up_conv3", "up_conv5")
+_DOWN_KERNELS = {"conv3": (3, 1), "conv4": (4, 1), "conv5": (5, 2)}
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def _conv_t(spatial_dims: int) -> type[nn.Module]:
+    return nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+
+
+def _norm(spatial_dims: int, channels: int) -> nn.Module:
+    cls = nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d
+    return cls(channels, affine=True)
+
+
+def make_down_op(name: str, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    """One candidate down-sampling operation (halves each spatial size of an even-sized input)."""
+    if name not in _DOWN_KERNELS:
+        raise ConfigError(f"unknown down-sampling op {name!r}; choose from {', '.join(DOWN_OPS)}")
+    k, p = _DOWN_KERNELS[name]
+    return _conv(spatial_dims)(in_channels, out_channels, kernel_size=k, stride=2, padding=p)
+
+
+def make_up_op(name: str, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    """One candidate up-sampling operation (doubles each spatial size)."""
+    if name == "deconv4":
+        return _conv_t(spatial_dims)(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
+    if name == "deconv2":
+        return _conv_t(spatial_dims)(in_channels, out_channels, kernel_size=2, stride=2, padding=0)
+    if name in ("up_conv3", "up_conv5"):
+        k = 3 if name == "up_conv3" else 5
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                             _conv(spatial_dims)(in_channels, out_channels, kernel_size=k, padding=k // 2))
+    raise ConfigError(f"unknown up-sampling op {name!r}; choose from {', '.join(UP_OPS)}")
+
+
+class SearchableCell(nn.Module):
+    """A weighted mixture of candidate operations with one output shape; with one op it is just that op."""
+
+    def __init__(self, ops: dict[str, nn.Module]):
+        super().__init__()
+        if not ops:
+            raise ConfigError("a searchable cell needs at least one candidate operation")
+        self.ops = nn.ModuleDict(ops)
+
+    @property
+    def op_names(self) -> list[str]:
+        return list(self.ops.keys())
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        ops = list(self.ops.values())
+        if weights is None:
+            if len(ops) != 1:
+                raise RuntimeError("a cell with several candidate ops needs mixture weights")
+            return ops[0](x)
+        out = weights[0] * ops[0](x)
+        for w, op in zip(weights[1:], ops[1:]):
+            out = out + w * op(x)
+        return out
+
+
+def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Inverted dropout whose mask comes from ``generator`` (no generator: identity)."""
+    if generator is None or p <= 0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=generator.device) >= p
+    return x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - p)
+
+
+def auto_num_downs(spatial_shape: Sequence[int], max_downs: int = 8, min_bottleneck: int = 2) -> int:
+    """Most down-sampling levels that keep the bottleneck at least ``min_bottleneck`` voxels per axis."""
+    smallest = min(int(s) for s in spatial_shape)
+    n = int(math.floor(math.log2(max(1, smallest) / min_bottleneck)))
+    return max(1, min(max_downs, n))
+
+
+class Pix2PixGenerator(nn.Module):
+    """U-Net generator with searchable down/up cells; maps a one-hot mask (B, K, *S) to an image in [-1, 1].
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels (the number of classes of the one-hot mask).
+        out_channels: image channels (1 grey, 3 RGB, or more).
+        features: channels after the first down cell; doubled per level up to ``max_features``.
+        max_features: channel cap (Pix2Pix: 8 x features).
+        num_downs: down-sampling cells; inputs are padded to a multiple of ``2**num_downs``.
+        down_ops, up_ops: candidate operations of the searchable cells (see the module docstring).
+        genotype: ``{"down": [op per cell], "up": [op per cell]}`` for a derived (discrete) network;
+            None = searchable (every cell mixes all candidates with weights ``softmax(alpha)``).
+        dropout: dropout probability on the ``n_dropout`` innermost up cells below the bottleneck.
+        n_dropout: how many up cells get dropout (Pix2Pix: 3).
+        seed: weight initialisation seed.
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 2, out_channels: int = 1, features: int = 32,
+                 max_features: int = 256, num_downs: int = 5, down_ops: Sequence[str] = DOWN_OPS,
+                 up_ops: Sequence[str] = UP_OPS, genotype: dict[str, list[str]] | None = None,
+                 dropout: float = 0.5, n_dropout: int = 3, seed: int = 0):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if num_downs < 1:
+            raise ConfigError(f"num_downs must be >= 1, got {num_downs}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.features = features
+        self.max_features = max_features
+        self.num_downs = num_downs
+        self.down_ops = tuple(down_ops)
+        self.up_ops = tuple(up_ops)
+        self.dropout = float(dropout)
+        self.n_dropout = int(n_dropout)
+        self.seed = int(seed)
+        if genotype is not None:
+            genotype = {"down": list(genotype["down"]), "up": list(genotype["up"])}
+            if len(genotype["down"]) != num_downs or len(genotype["up"]) != num_downs:
+                raise ConfigError(f"genotype needs {num_downs} down and {num_downs} up ops, got {genotype}")
+            for op in genotype["down"]:
+                if op not in self.down_ops:
+                    raise ConfigError(f"genotype op {op!r} is not a down candidate {self.down_ops}")
+            for op in genotype["up"]:
+                if op not in self.up_ops:
+                    raise ConfigError(f"genotype op {op!r} is not an up candidate {self.up_ops}")
+        self.genotype = genotype
+        rng_state = torch.get_rng_state()  # torch's default init draws from the global RNG: restore it after
+        try:
+            self._build_layers(spatial_dims, in_channels, out_channels, features, max_features, num_downs, genotype)
+        finally:
+            torch.set_rng_state(rng_state)
+        self.size_divisor = 2**num_downs
+        self.reset_parameters(self.seed)
+
+    def _build_layers(self, spatial_dims: int, in_channels: int, out_channels: int, features: int,
+                      max_features: int, num_downs: int, genotype: dict[str, list[str]] | None) -> None:
+        ch = [min(features * 2**i, max_features) for i in range(num_downs)]
+        self.channels = ch
+        self.down = nn.ModuleList()
+        self.down_norm = nn.ModuleList()
+        for i in range(num_downs):
+            cin = in_channels if i == 0 else ch[i - 1]
+            names = self.down_ops if genotype is None else (genotype["down"][i],)
+            self.down.append(SearchableCell({n: make_down_op(n, spatial_dims, cin, ch[i]) for n in names}))
+            # no norm on the outermost (input) and innermost (bottleneck) down cells, as Pix2Pix
+            self.down_norm.append(_norm(spatial_dims, ch[i]) if 0 < i < num_downs - 1 else nn.Identity())
+        self.up = nn.ModuleList()
+        self.up_norm = nn.ModuleList()
+        for j in range(num_downs):  # up[j] mirrors down[j]; it runs from j = num_downs - 1 to 0
+            cin = ch[j] if j == num_downs - 1 else 2 * ch[j]
+            cout = out_channels if j == 0 else ch[j - 1]
+            names = self.up_ops if genotype is None else (genotype["up"][j],)
+            self.up.append(SearchableCell({n: make_up_op(n, spatial_dims, cin, cout) for n in names}))
+            self.up_norm.append(_norm(spatial_dims, cout) if j > 0 else nn.Identity())
+        # dropout on the n_dropout up cells right below the innermost one (never the output cell)
+        self.dropout_cells = {j for j in range(max(1, num_downs - 1 - self.n_dropout), num_downs - 1)}
+        if genotype is None:
+            self.alpha_down = nn.Parameter(torch.zeros(num_downs, len(self.down_ops)))
+            self.alpha_up = nn.Parameter(torch.zeros(num_downs, len(self.up_ops)))
+        else:
+            self.alpha_down = None
+            self.alpha_up = None
+
+    # ------------------------------------------------------------------------------------------ params
+
+    @property
+    def searchable(self) -> bool:
+        return self.genotype is None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture weights alpha (empty for a derived network)."""
+        return [] if not self.searchable else [self.alpha_down, self.alpha_up]
+
+    def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [(n, p) for n, p in self.named_parameters() if id(p) not in arch]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """The network weights (everything but alpha)."""
+        return [p for _, p in self.named_weight_parameters()]
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        """Pix2Pix initialisation from a seed: conv weights N(0, 0.02), norm scales N(1, 0.02), biases 0."""
+        g = torch.Generator().manual_seed(int(seed))
+        for m in self.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.affine:
+                m.weight.copy_(1.0 + torch.randn(m.weight.shape, generator=g) * 0.02)
+                m.bias.zero_()
+        for a in self.arch_parameters():
+            a.zero_()  # uniform mixture at the start of the search
+
+    def mixture_weights(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """softmax(alpha) per cell for down and up cells, or None for a derived network."""
+        if not self.searchable:
+            return None
+        return F.softmax(self.alpha_down, dim=-1), F.softmax(self.alpha_up, dim=-1)
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Image in [-1, 1] of the input's spatial shape. ``generator`` turns dropout on and draws its masks."""
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(f"expected a (B, C, *S) tensor with {self.spatial_dims} spatial dims, got {tuple(x.shape)}")
+        shape = x.shape[2:]
+        pads: list[int] = []
+        for s in reversed(shape):
+            pads += [0, (-s) % self.size_divisor]
+        if any(pads):
+            x = F.pad(x, pads, mode="replicate")
+        mix = self.mixture_weights()
+        h = x
+        skips = []
+        for i, (cell, norm) in enumerate(zip(self.down, self.down_norm)):
+            if i > 0:
+                h = F.leaky_relu(h, 0.2)
+            h = norm(cell(h, None if mix is None else mix[0][i]))
+            skips.append(h)
+        for j in range(self.num_downs - 1, -1, -1):
+            if j < self.num_downs - 1:
+                h = torch.cat([h, skips[j]], dim=1)
+            h = self.up[j](F.relu(h), None if mix is None else mix[1][j])
+            if j > 0:
+                h = self.up_norm[j](h)
+                if j in self.dropout_cells:
+                    h = _dropout(h, self.dropout, generator)
+            else:
+                h = torch.tanh(h)
+        sl = (slice(None), slice(None)) + tuple(slice(0, s) for s in shape)
+        return h[sl]
+
+    # ------------------------------------------------------------------------------------------ derive
+
+    def current_genotype(self) -> dict[str, list[str]]:
+        """The strongest operation per cell (argmax alpha), or the fixed genotype of a derived network."""
+        if not self.searchable:
+            assert self.genotype is not None
+            return {"down": list(self.genotype["down"]), "up": list(self.genotype["up"])}
+        down = [self.down_ops[int(i)] for i in self.alpha_down.detach().argmax(-1)]
+        up = [self.up_ops[int(i)] for i in self.alpha_up.detach().argmax(-1)]
+        return {"down": down, "up": up}
+
+    def derive(self) -> Pix2PixGenerator:
+        """The discrete network: one operation per cell (argmax alpha), with the trained weights copied.
+
+        The derived network computes ``op_k(x)`` where the mixture computed ``sum_i w_i op_i(x)``; the
+        mixture weight of the chosen op is *not* folded in (it is the network a retraining or a
+        fine-tuning starts from, as in DARTS), so its output differs from the mixture's.
+        """
+        cfg = self.config()
+        cfg["genotype"] = self.current_genotype()
+        new = Pix2PixGenerator(**cfg).to(next(self.parameters()).device)
+        own = self.state_dict()
+        new.load_state_dict({k: own[k] for k in new.state_dict()}, strict=True)
+        return new
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable init args (rebuilds this network, derived or searchable)."""
+        return {"spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
+                "out_channels": self.out_channels, "features": self.features, "max_features": self.max_features,
+                "num_downs": self.num_downs, "down_ops": list(self.down_ops), "up_ops": list(self.up_ops),
+                "genotype": None if self.genotype is None else {k: list(v) for k, v in self.genotype.items()},
+                "dropout": self.dropout, "n_dropout": self.n_dropout, "seed": self.seed}
+
+    def arch_summary(self) -> dict[str, Any]:
+        """The genotype and, for a searchable network, softmax(alpha) per cell (for logs and configs)."""
+        out: dict[str, Any] = {"genotype": self.current_genotype()}
+        mix = self.mixture_weights()
+        if mix is not None:
+            out["weights_down"] = [[round(float(v), 4) for v in row] for row in mix[0].detach().cpu()]
+            out["weights_up"] = [[round(float(v), 4) for v in row] for row in mix[1].detach().cpu()]
+        return out
+
+
+class PatchGANDiscriminator(nn.Module):
+    """Conditional PatchGAN: scores (mask one-hot, image) patches; MONAI's ``PatchDiscriminator`` inside.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: mask channels + image channels.
+        features: channels of the first layer (doubled per layer).
+        num_layers: strided layers (Pix2Pix's 70x70 PatchGAN: 3). Lower it for small inputs.
+        seed: weight initialisation seed.
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 3, features: int = 64, num_layers: int = 3,
+                 seed: int = 0):
+        super().__init__()
+        if num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.features = features
+        self.num_layers = num_layers
+        self.seed = int(seed)
+        with torch.random.fork_rng(devices=[]):  # MONAI initialises from the global RNG; keep it untouched
+            self.net = PatchDiscriminator(spatial_dims=spatial_dims, channels=features, in_channels=in_channels,
+                                          out_channels=1, num_layers_d=num_layers, norm="INSTANCE", bias=True)
+        self.reset_parameters(self.seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        g = torch.Generator().manual_seed(int(seed))
+        for m in self.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch logits (B, 1, *S') for a (B, in_channels, *S) input."""
+        return self.net(x)[-1]
+
+    def config(self) -> dict[str, Any]:
+        return {"spatial_dims": self.spatial_dims, "in_channels": self.in_channels, "features": self.features,
+                "num_layers": self.num_layers, "seed": self.seed}
+
+
+def auto_disc_layers(spatial_shape: Sequence[int], requested: int = 3) -> int:
+    """PatchGAN layers that keep at least 2 voxels per axis before the last (stride-1) layers."""
+    smallest = min(int(s) for s in spatial_shape)
+    fit = int(math.floor(math.log2(max(2, smallest)))) - 2
+    return max(1, min(requested, fit))
