@@ -223,18 +223,53 @@ def compare_methods(
     n_train: int,
     metric: str = "dice_mean",
     group: GroupKey | None = None,
+    unit: str = "case",
 ) -> dict[str, Any]:
-    """``paired_tests`` of ``method_a`` vs ``method_b`` at one N, paired per (seed, test case).
+    """``paired_tests`` of ``method_a`` vs ``method_b`` at one N.
 
-    Adds ``"method_a"``, ``"method_b"``, ``"n_train"``, ``"metric"`` and ``"n_seeds"`` to the result.
+    Runs of several seeds share their test cases, so (seed, case) pairs are not independent. With
+    ``unit="case"`` (default) each test case's values are first averaged over the seeds in which both
+    methods were evaluated on it, and the tests run over cases (``n`` = distinct test cases). With
+    ``unit="seed_case"`` every (seed, case) pair counts as one item (more pairs, optimistic p-values).
+    In both cases a seed-level paired t-test on the per-seed mean differences is added as
+    ``seed_ttest_p`` (NaN with fewer than 2 seeds): the most conservative view, with little power at 3 seeds.
+
+    Adds ``"method_a"``, ``"method_b"``, ``"n_train"``, ``"metric"``, ``"unit"``, ``"n_seeds"``,
+    ``"n_seed_case_pairs"``, ``"seed_mean_diffs"`` and ``"seed_ttest_p"`` to the result.
     """
+    if unit not in ("case", "seed_case"):
+        raise ValueError(f"unit must be 'case' or 'seed_case', got {unit!r}")
     va, vb, keys = paired_case_values(records, method_a, method_b, n_train, metric, group)
-    res = paired_tests(va, vb)
+
+    def ok(x: float | None) -> bool:
+        return x is not None and math.isfinite(float(x))
+
+    by_case: dict[str, list[tuple[float, float]]] = {}
+    by_seed: dict[int, list[float]] = {}
+    for x, y, (seed, case_id) in zip(va, vb, keys):
+        if ok(x) and ok(y):
+            by_case.setdefault(case_id, []).append((float(x), float(y)))
+            by_seed.setdefault(seed, []).append(float(x) - float(y))
+    if unit == "case":
+        ids = sorted(by_case)
+        res = paired_tests([float(np.mean([p[0] for p in by_case[i]])) for i in ids],
+                           [float(np.mean([p[1] for p in by_case[i]])) for i in ids])
+        res["n_dropped"] = len({k[1] for k in keys}) - len(ids)
+    else:
+        res = paired_tests(va, vb)
+    seed_diffs = [float(np.mean(by_seed[s])) for s in sorted(by_seed)]
+    seed_p = math.nan
+    if len(seed_diffs) >= 2 and float(np.std(seed_diffs, ddof=1)) > 0:
+        seed_p = float(sps.ttest_1samp(seed_diffs, 0.0).pvalue)
     res.update(
         method_a=method_a,
         method_b=method_b,
         n_train=n_train,
         metric=metric,
+        unit=unit,
         n_seeds=len({k[0] for k in keys}),
+        n_seed_case_pairs=sum(len(v) for v in by_case.values()),
+        seed_mean_diffs=seed_diffs,
+        seed_ttest_p=seed_p,
     )
     return res

@@ -2,8 +2,8 @@
 
 Input: the records of ``results.jsonl`` (see ``segsynth.evaluate.stats``). Output: ``report.html`` with
 the learning curves (PNG files beside it, also embedded as base64), per-N tables of mean ± sd over seeds
-and 95% CIs, paired tests of every method against every other (pairs = (seed, test case) on the mean
-foreground Dice), per-class Dice, run time and peak memory, failed runs, and sample predictions.
+and 95% CIs, paired tests of every method against every other (test cases, each averaged over seeds, on the mean
+foreground Dice; plus a seed-level t-test), per-class Dice, run time and peak memory, failed runs, and sample predictions.
 """
 
 from __future__ import annotations
@@ -304,9 +304,9 @@ def _pairwise_table(
     if len(methods) < 2:
         return ""
     out = [
-        '<div class="wide"><table><thead><tr><th>method A</th><th class=left>method B</th><th>pairs</th><th>mean Dice A</th>'
+        '<div class="wide"><table><thead><tr><th>method A</th><th class=left>method B</th><th>cases</th><th>mean Dice A</th>'
         "<th>mean Dice B</th><th>Δ (A − B)</th><th>Δ 95% CI</th><th>Wilcoxon p</th><th>t-test p</th>"
-        "<th>note</th></tr></thead><tbody>"
+        "<th>seed t-test p</th><th>note</th></tr></thead><tbody>"
     ]
     for i, a in enumerate(methods):
         for b in methods[i + 1 :]:
@@ -316,7 +316,7 @@ def _pairwise_table(
                 f"<tr><td>{_e(a)}</td><td class=left>{_e(b)}</td><td>{res['n']}</td><td>{_fmt(res['mean_a'])}</td>"
                 f"<td>{_fmt(res['mean_b'])}</td><td>{delta}</td>"
                 f"<td>[{_fmt(res['ci95_low'])}, {_fmt(res['ci95_high'])}]</td>"
-                f"{_p_cell(res, 'wilcoxon_p')}{_p_cell(res, 'ttest_p')}"
+                f"{_p_cell(res, 'wilcoxon_p')}{_p_cell(res, 'ttest_p')}{_p_cell(res, 'seed_ttest_p')}"
                 f'<td class="muted" style="text-align:left">{_e(res["reason"])}</td></tr>'
             )
     out.append("</tbody></table></div>")

@@ -128,10 +128,19 @@ def test_summarise_runs_and_compare():
     assert none1["seconds"] == pytest.approx(10.5) and none1["peak_memory_mb"] == pytest.approx(100.0)
     assert math.isnan(rows[2]["sd"]) and math.isnan(rows[2]["ci95_low"])  # one seed only
 
-    res = compare_methods(recs, "gen", "none", 1)
+    raw = compare_methods(recs, "gen", "none", 1, unit="seed_case")
     # Pairs (seed, case): (0,x) .6/.5, (0,y) .9/.6, (1,x) .8/.7, (1,y) .85/.8 -> diffs .1 .3 .1 .05
-    assert res["n"] == 4 and res["n_seeds"] == 2
-    assert res["mean_diff"] == pytest.approx((0.1 + 0.3 + 0.1 + 0.05) / 4)
+    assert raw["n"] == 4 and raw["n_seeds"] == 2 and raw["unit"] == "seed_case"
+    assert raw["mean_diff"] == pytest.approx((0.1 + 0.3 + 0.1 + 0.05) / 4)
+    res = compare_methods(recs, "gen", "none", 1)
+    # Per case, averaged over seeds: x (.6+.8)/2 vs (.5+.7)/2 -> .1; y (.9+.85)/2 vs (.6+.8)/2 -> .175
+    assert res["unit"] == "case" and res["n"] == 2 and res["n_seed_case_pairs"] == 4
+    assert res["mean_a"] == pytest.approx((0.7 + 0.875) / 2) and res["mean_diff"] == pytest.approx(0.1375)
+    # Seed level: seed 0 mean diff (.1+.3)/2 = .2, seed 1 (.1+.05)/2 = .075
+    assert res["seed_mean_diffs"] == pytest.approx([0.2, 0.075])
+    assert 0 < res["seed_ttest_p"] < 1
+    with pytest.raises(ValueError):
+        compare_methods(recs, "gen", "none", 1, unit="volume")
     assert res["method_a"] == "gen" and res["method_b"] == "none"
     missing = compare_methods(recs, "gen", "none", 2)
     assert missing["n"] == 0 and math.isnan(missing["wilcoxon_p"])
