@@ -49,17 +49,20 @@ def blob_cases_3d():
     return [make_blob_case(f"v{i}", (16, 16, 16), seed=i) for i in range(4)]
 
 
-def write_png_dataset(root: Path, n: int = 8, size=(32, 32), seed: int = 0, contrast: float = 1.0) -> Path:
-    """A tiny images/ + masks/ (0/255) PNG dataset of blobs; ``contrast`` changes the image domain."""
+def write_png_dataset(root: Path, n: int = 8, size=(32, 32), seed: int = 0, contrast: float = 1.0,
+                      prefix: str = "case") -> Path:
+    """A tiny images/ + masks/ (0/255) PNG dataset of blobs; ``contrast`` changes the image domain.
+
+    Files are ``{prefix}{i:03d}.png``: give an external test set another prefix (same ids = same scans)."""
     from PIL import Image
 
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        c = make_blob_case(f"case{i:03d}", size, seed=seed * 1000 + i)
+        c = make_blob_case(f"{prefix}{i:03d}", size, seed=seed * 1000 + i)
         img = np.clip(0.2 + 0.6 * c.image[0] * contrast, 0, 1)
-        Image.fromarray((img * 255).astype(np.uint8)).save(root / "images" / f"case{i:03d}.png")
-        Image.fromarray((c.mask * 255).astype(np.uint8)).save(root / "masks" / f"case{i:03d}.png")
+        Image.fromarray((img * 255).astype(np.uint8)).save(root / "images" / f"{prefix}{i:03d}.png")
+        Image.fromarray((c.mask * 255).astype(np.uint8)).save(root / "masks" / f"{prefix}{i:03d}.png")
     return root
 
 

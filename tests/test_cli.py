@@ -81,7 +81,7 @@ def test_train_evaluate_predict_round_trip(tmp_path, png_dataset, capsys):
 
 def test_sweep_cli_with_external_test_data(tmp_path, capsys):
     a = write_png_dataset(tmp_path / "a", n=8)
-    b = write_png_dataset(tmp_path / "b", n=4, seed=3, contrast=0.6)
+    b = write_png_dataset(tmp_path / "b", n=4, seed=3, contrast=0.6, prefix="ext")
     assert main(["sweep", "--data", str(a), "--test-data", str(b), "--out", str(tmp_path / "s"), "--methods",
                  "none,augment", "--n", "1,2", "--seeds", "1", "--n-test", "3", *TINY]) == 0
     out = capsys.readouterr().out

@@ -188,17 +188,21 @@ def paired_case_values(
     n_train: int,
     metric: str = "dice_mean",
     group: GroupKey | None = None,
-) -> tuple[list[float | None], list[float | None], list[tuple[int, str]]]:
+    return_volumes: bool = False,
+) -> tuple:
     """Per-(seed, test case) values of ``metric`` for two methods at one N, matched on both keys.
 
     Only (seed, case) pairs present in finished runs of both methods are kept; ``group`` restricts the
     records to one (dataset, test set, segmenter).
 
     Returns:
-        ``(values_a, values_b, keys)`` aligned lists; ``keys`` are the (seed, case_id) pairs.
+        ``(values_a, values_b, keys)`` aligned lists; ``keys`` are the (seed, case_id) pairs. With
+        ``return_volumes`` a fourth list gives each pair's independent unit: the case's ``volume_id``
+        (2D slices of one 3D volume) or else its case id.
     """
 
     records = list(records)
+    volume_of: dict[str, str] = {}
 
     def table(method: str) -> dict[tuple[int, str], float | None]:
         out: dict[tuple[int, str], float | None] = {}
@@ -209,10 +213,14 @@ def paired_case_values(
                 continue
             for c in r.get("per_case") or []:
                 out[(int(r.get("seed", 0)), str(c["case_id"]))] = c.get(metric)
+                if c.get("volume_id") is not None:
+                    volume_of[str(c["case_id"])] = str(c["volume_id"])
         return out
 
     ta, tb = table(method_a), table(method_b)
     keys = sorted(set(ta) & set(tb))
+    if return_volumes:
+        return [ta[k] for k in keys], [tb[k] for k in keys], keys, [volume_of.get(k[1], k[1]) for k in keys]
     return [ta[k] for k in keys], [tb[k] for k in keys], keys
 
 
@@ -229,7 +237,8 @@ def compare_methods(
 
     Runs of several seeds share their test cases, so (seed, case) pairs are not independent. With
     ``unit="case"`` (default) each test case's values are first averaged over the seeds in which both
-    methods were evaluated on it, and the tests run over cases (``n`` = distinct test cases). With
+    methods were evaluated on it (2D slices carrying a ``volume_id``: over the seeds and the slices of
+    their volume), and the tests run over cases or volumes (``n`` = distinct units). With
     ``unit="seed_case"`` every (seed, case) pair counts as one item (more pairs, optimistic p-values).
     In both cases a seed-level paired t-test on the per-seed mean differences is added as
     ``seed_ttest_p`` (NaN with fewer than 2 seeds): the most conservative view, with little power at 3 seeds.
@@ -239,22 +248,23 @@ def compare_methods(
     """
     if unit not in ("case", "seed_case"):
         raise ValueError(f"unit must be 'case' or 'seed_case', got {unit!r}")
-    va, vb, keys = paired_case_values(records, method_a, method_b, n_train, metric, group)
+    va, vb, keys, units = paired_case_values(records, method_a, method_b, n_train, metric, group,
+                                             return_volumes=True)
 
     def ok(x: float | None) -> bool:
         return x is not None and math.isfinite(float(x))
 
     by_case: dict[str, list[tuple[float, float]]] = {}
     by_seed: dict[int, list[float]] = {}
-    for x, y, (seed, case_id) in zip(va, vb, keys):
+    for x, y, (seed, _), unit_id in zip(va, vb, keys, units):
         if ok(x) and ok(y):
-            by_case.setdefault(case_id, []).append((float(x), float(y)))
+            by_case.setdefault(unit_id, []).append((float(x), float(y)))
             by_seed.setdefault(seed, []).append(float(x) - float(y))
     if unit == "case":
         ids = sorted(by_case)
         res = paired_tests([float(np.mean([p[0] for p in by_case[i]])) for i in ids],
                            [float(np.mean([p[1] for p in by_case[i]])) for i in ids])
-        res["n_dropped"] = len({k[1] for k in keys}) - len(ids)
+        res["n_dropped"] = len(set(units)) - len(ids)
     else:
         res = paired_tests(va, vb)
     seed_diffs = [float(np.mean(by_seed[s])) for s in sorted(by_seed)]

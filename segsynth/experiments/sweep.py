@@ -8,6 +8,7 @@ nothing. The test cases never enter training or model selection.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -87,10 +88,29 @@ def load_for_sweep(cfg: SweepConfig) -> tuple[LoadedDataset, LoadedDataset | Non
         if test.info.in_channels != data.info.in_channels:
             raise DataError(f"test images have {test.info.in_channels} channels, training images "
                             f"{data.info.in_channels}", cfg.test_data)
+        data = drop_shared_cases(data, test, cfg.test_data)
     unlabelled: list[Case] = []
     if cfg.unlabelled_data is not None:
         unlabelled = load_unlabelled(cfg.unlabelled_data, spec)
     return data, test, unlabelled
+
+
+def drop_shared_cases(data: LoadedDataset, test: LoadedDataset, test_root: Path | str) -> LoadedDataset:
+    """Leave out of the training data every case (or volume) whose id also names a case of the external test set.
+
+    An external test set made from the same scans (a re-styled copy, another export of one cohort) would
+    otherwise leak into training. Ids are compared on ``meta["volume_id"]`` when present, else ``case_id``.
+    """
+    def key(c: Case) -> str:
+        return str(c.meta.get("volume_id", c.case_id))
+
+    shared = {key(c) for c in test.cases} & {key(c) for c in data.cases}
+    if not shared:
+        return data
+    log.warning("%d case(s) of the test data %s share their id with training data (e.g. %s): they are left out "
+                "of training, validation and the in-domain test set", len(shared), test_root, sorted(shared)[0])
+    kept = [c for c in data.cases if key(c) not in shared]
+    return dataclasses.replace(data, cases=kept)
 
 
 def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -144,6 +164,11 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     return records
 
 
+def _unit_ids(cases: Sequence[Case]) -> list[str]:
+    """The distinct volumes (or cases) behind a list of cases, for the record's provenance."""
+    return sorted({str(c.meta.get("volume_id", c.case_id)) for c in cases})
+
+
 def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train: list[Case], val: list[Case],
              unlabelled: list[Case], test_sets, device: torch.device, out: Path) -> list[dict]:
     from dataclasses import replace
@@ -151,7 +176,8 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
     from segsynth.experiments.overlays import save_overlay
 
     base = {"dataset": info.name, "method": method_name, "n_train": n, "seed": seed, "segmenter": cfg.segmenter,
-            "labels": {str(k): v for k, v in info.labels.items() if k != 0}, "n_train_cases": len(train)}
+            "labels": {str(k): v for k, v in info.labels.items() if k != 0}, "n_train_cases": len(train),
+            "train_ids": _unit_ids(train), "val_ids": _unit_ids(val)}
     workdir = out / "runs" / run_key(method_name, n, seed)
     reset_peak_memory(device)
     t0 = time.perf_counter()
@@ -177,7 +203,8 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         for i, c in enumerate(cases):
             pred = predict(result.model, c.image, info.num_classes, patch_size=cfg.train.patch_size, device=device)
             m = case_metrics(pred, c.mask, info.labels, spacing=case_spacing(c))
-            per_case.append({"case_id": c.case_id, **m})
+            vid = c.meta.get("volume_id")  # slices of one volume are one unit for the paired tests
+            per_case.append({"case_id": c.case_id, **({"volume_id": str(vid)} if vid is not None else {}), **m})
             if seed == cfg.seeds[0] and n == max(cfg.n_values) and i in show:
                 save_overlay(c.image, c.mask, pred, out / "samples" / f"{name}_{method_name}_n{n}_{c.case_id}.png",
                              title=f"{method_name}, N={n}, {name}: {c.case_id}, Dice {m['dice_mean']:.3f}")

@@ -144,3 +144,18 @@ def test_summarise_runs_and_compare():
     assert res["method_a"] == "gen" and res["method_b"] == "none"
     missing = compare_methods(recs, "gen", "none", 2)
     assert missing["n"] == 0 and math.isnan(missing["wilcoxon_p"])
+
+
+def test_compare_methods_uses_volumes_of_slices_as_units():
+    def rec(method, seed, dice):
+        r = _record(method, 1, seed, dice)
+        for c in r["per_case"]:
+            c["volume_id"] = c["case_id"].split("_s")[0]
+        return r
+
+    recs = [rec("none", 0, {"v1_s0": 0.5, "v1_s1": 0.7, "v2_s0": 0.4}),
+            rec("gen", 0, {"v1_s0": 0.6, "v1_s1": 0.9, "v2_s0": 0.5})]
+    res = compare_methods(recs, "gen", "none", 1)
+    # v1: slices averaged (0.75 vs 0.6), v2: 0.5 vs 0.4 -> two units
+    assert res["n"] == 2 and res["n_seed_case_pairs"] == 3
+    assert res["mean_diff"] == pytest.approx((0.15 + 0.1) / 2)

@@ -41,11 +41,26 @@ def test_sweep_records_report_and_resume(tmp_path):
 
 def test_external_test_set_is_evaluated_separately(tmp_path):
     data = write_png_dataset(tmp_path / "a", n=8)
-    other = write_png_dataset(tmp_path / "b", n=5, seed=7, contrast=0.5)
+    other = write_png_dataset(tmp_path / "b", n=5, seed=7, contrast=0.5, prefix="ext")
     records = run_sweep(_cfg(data, tmp_path / "s", methods=["none"], n_values=[1], seeds=[0], test_data=other))
     assert sorted(r["test_set"] for r in records) == ["b", "in-domain"]
     ext = next(r for r in records if r["test_set"] == "b")
     assert ext["n_test"] == 5
+
+
+def test_external_test_cases_with_training_ids_are_left_out_of_training(tmp_path, caplog):
+    data = write_png_dataset(tmp_path / "a", n=10)
+    copy = write_png_dataset(tmp_path / "b", n=3, contrast=0.5)  # case000..case002: the same scans, re-styled
+    with caplog.at_level("WARNING"):
+        records = run_sweep(_cfg(data, tmp_path / "s", methods=["none"], n_values=[1], seeds=[0, 1],
+                                 test_data=copy))
+    assert "share their id with training data" in caplog.text
+    shared = {"case000", "case001", "case002"}
+    for r in records:
+        if r["test_set"] == "in-domain":
+            assert not shared & {c["case_id"] for c in r["per_case"]}
+    # training + validation cases are never the external test scans
+    assert all(r["train_ids"] and not shared & set(r["train_ids"] + r["val_ids"]) for r in records)
 
 
 class _Broken(Method):
