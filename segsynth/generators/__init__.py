@@ -14,6 +14,11 @@ from segsynth.generators.base import Method, MethodContext, SyntheticGenerator
 METHODS: dict[str, str] = {
     "none": "segsynth.generators.baselines:NoAugmentation",
     "augment": "segsynth.generators.baselines:ClassicalAugmentation",
+    "augment_rotate": "segsynth.generators.baselines:RotateAugmentation",
+    "augment_flip": "segsynth.generators.baselines:FlipAugmentation",
+    "augment_translate": "segsynth.generators.baselines:TranslateAugmentation",
+    "augment_elastic": "segsynth.generators.baselines:ElasticAugmentation",
+    "augment_intensity": "segsynth.generators.baselines:IntensityAugmentation",
     "genseg": "segsynth.generators.genseg:GenSegMethod",
     "separate": "segsynth.generators.genseg:SeparateMethod",
     "sas": "segsynth.generators.learned_transforms:SASMethod",

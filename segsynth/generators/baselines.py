@@ -31,3 +31,44 @@ class ClassicalAugmentation(Method):
                                      flip=bool(self.options.get("flip", False)))
         patch = ctx.train_config.patch_size if ctx.train_config else None
         return CaseSource(ctx.train, transform=aug, patch_size=patch, num_classes=ctx.info.num_classes)
+
+
+class _OneAugmentation(ClassicalAugmentation):
+    """Classical augmentation of one kind only (GenSeg's per-transform baselines)."""
+
+    kind: ClassVar[str] = "combined"
+
+    def training_source(self, ctx: MethodContext) -> PairSource:
+        aug = classical_augmentation(self.kind, ctx.info.spatial_dims)
+        patch = ctx.train_config.patch_size if ctx.train_config else None
+        return CaseSource(ctx.train, transform=aug, patch_size=patch, num_classes=ctx.info.num_classes)
+
+
+class RotateAugmentation(_OneAugmentation):
+    name: ClassVar[str] = "augment_rotate"
+    description: ClassVar[str] = "real pairs + random rotation (±15°)"
+    kind: ClassVar[str] = "rotate"
+
+
+class FlipAugmentation(_OneAugmentation):
+    name: ClassVar[str] = "augment_flip"
+    description: ClassVar[str] = "real pairs + random flips of every axis"
+    kind: ClassVar[str] = "flip"
+
+
+class TranslateAugmentation(_OneAugmentation):
+    name: ClassVar[str] = "augment_translate"
+    description: ClassVar[str] = "real pairs + random translation (±10 %)"
+    kind: ClassVar[str] = "translate"
+
+
+class ElasticAugmentation(_OneAugmentation):
+    name: ClassVar[str] = "augment_elastic"
+    description: ClassVar[str] = "real pairs + random elastic deformation"
+    kind: ClassVar[str] = "elastic"
+
+
+class IntensityAugmentation(_OneAugmentation):
+    name: ClassVar[str] = "augment_intensity"
+    description: ClassVar[str] = "real pairs + random gamma, contrast, brightness and noise"
+    kind: ClassVar[str] = "intensity"
