@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("SEGSYNTH_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("SEGSYNTH_TEST_THREADS", "1")))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

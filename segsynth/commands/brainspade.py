@@ -1,9 +1,9 @@
 """CLI for brainSPADE: train the label and image generators, sample a dataset, audit it, export it.
 
     segsynth brainspade-train-labels --data ../shared/data/aomic_brain --size 64 --n 1 \\
-        --volume-pattern '^(sub-\\d+)_ax(\\d+)$' --out models/aomic_labels
+        --volume-pattern '^(sub-\\d+)_ax(\\d+)$' --out models/aomic_labels   # rerun to resume after a kill
     segsynth brainspade-train-images --data ../shared/data/aomic_brain --size 64 --n 1 \\
-        --volume-pattern '^(sub-\\d+)_ax(\\d+)$' --out models/aomic_images
+        --volume-pattern '^(sub-\\d+)_ax(\\d+)$' --out models/aomic_images   # rerun to resume after a kill
     segsynth brainspade-sample --labels models/aomic_labels --images models/aomic_images --n 2000 \\
         --out synthetic/aomic_brainspade          # rerun the same command to resume after a kill
     segsynth brainspade-audit --synthetic synthetic/aomic_brainspade --model models/aomic_images \\
@@ -24,6 +24,14 @@ from segsynth.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 INFO_FILE = "dataset_info.json"
+CHECKPOINT_DIR = "checkpoint"  # training checkpoints inside --out, removed once the model is saved
+LABELS_HELP = ("brainSPADE label generator: KL autoencoder over partial-volume maps + latent diffusion model; "
+               "saves the model folder")
+IMAGES_HELP = ("brainSPADE image generator: SPADE VAE-GAN with a style encoder painting images on PV label maps "
+               "(hinge GAN, feature matching, KLD, modality and contrastive style losses); saves the model folder")
+RESUME_HELP = (f". Resumable: rerunning the same command after a kill continues from the last checkpoint "
+               f"(written every --checkpoint-every steps to OUT/{CHECKPOINT_DIR}/, removed once the model is saved) "
+               f"and, on the same device, ends with the model an uninterrupted run would have saved")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -77,6 +85,16 @@ def _save_info(out: Path, data, spec, train, extra: dict[str, Any]) -> None:
                                  "train_ids": [c.case_id for c in train], **extra})
 
 
+def _finish(out: Path, stats: dict[str, Any]) -> None:
+    """Write the fit statistics (the model is complete), then drop the training checkpoints."""
+    import shutil
+
+    from segsynth.utils.files import write_json
+
+    write_json(out / "fit_stats.json", stats)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+
 def _read_info(model_dir: Path) -> dict[str, Any]:
     p = Path(model_dir) / INFO_FILE
     if not p.exists():
@@ -98,6 +116,10 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "slices, splits by volume, slice-position conditioning)")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other generator option (see LabelGenerator / ImageGenerator), repeatable")
+    g = p.add_argument_group("resuming")
+    g.add_argument("--checkpoint-every", type=int, default=100,
+                   help=f"checkpoint training every this many steps (default 100) in OUT/{CHECKPOINT_DIR}/; "
+                        "rerunning the same command after a kill resumes from the last checkpoint")
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -106,17 +128,17 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 def cmd_train_labels(a: argparse.Namespace) -> int:
     from segsynth.generators.brainspade import LabelGenerator
     from segsynth.utils.device import resolve_device
-    from segsynth.utils.files import write_json
 
     data, train, val, spec = _load_training(a)
     opts = {"spatial_dims": data.info.spatial_dims, "num_classes": data.info.num_classes,
             "ae_steps": a.ae_steps, "ldm_steps": a.ldm_steps, "condition": a.condition, "pv_sigma": a.pv_sigma,
             "progress": not a.quiet, **_opts(a.opt)}
     gen = LabelGenerator(**opts)
-    stats = gen.fit(train, val=val, device=resolve_device(a.device), seed=a.seed)
+    stats = gen.fit(train, val=val, device=resolve_device(a.device), seed=a.seed,
+                    checkpoint_dir=a.out / CHECKPOINT_DIR, checkpoint_every=a.checkpoint_every)
     gen.save(a.out)
     _save_info(a.out, data, spec, train, {"kind": "labels", "volume_pattern": a.volume_pattern})
-    write_json(a.out / "fit_stats.json", stats)
+    _finish(a.out, stats)
     print(f"label generator trained on {len(train)} cases in {stats['ae_seconds'] + stats['ldm_seconds']:.0f} s "
           f"(autoencoder L1 {stats['ae']['l1_final_mean']:.4f}, diffusion MSE {stats['ldm']['mse_final_mean']:.4f}); "
           f"saved to {a.out}")
@@ -127,7 +149,6 @@ def cmd_train_images(a: argparse.Namespace) -> int:
     from segsynth.data.dataset import load_unlabelled
     from segsynth.generators.brainspade import ImageGenerator
     from segsynth.utils.device import resolve_device
-    from segsynth.utils.files import write_json
 
     data, train, val, spec = _load_training(a)
     unlabelled = []
@@ -139,11 +160,12 @@ def cmd_train_images(a: argparse.Namespace) -> int:
             "in_channels": data.info.in_channels, "spade_steps": a.spade_steps, "pv_sigma": a.pv_sigma,
             "progress": not a.quiet, **_opts(a.opt)}
     gen = ImageGenerator(**opts)
-    stats = gen.fit(train, val=val, unlabelled=unlabelled, device=resolve_device(a.device), seed=a.seed)
+    stats = gen.fit(train, val=val, unlabelled=unlabelled, device=resolve_device(a.device), seed=a.seed,
+                    checkpoint_dir=a.out / CHECKPOINT_DIR, checkpoint_every=a.checkpoint_every)
     gen.save(a.out)
     _save_info(a.out, data, spec, train, {"kind": "images", "volume_pattern": a.volume_pattern,
                                           "unlabelled": str(a.unlabelled) if a.unlabelled else None})
-    write_json(a.out / "fit_stats.json", stats)
+    _finish(a.out, stats)
     print(f"image generator trained on {len(train)} cases ({len(stats['domains'])} domain(s): "
           f"{', '.join(stats['domains'])}) in {stats['gan_seconds'] + stats['classifier_seconds']:.0f} s; "
           f"saved to {a.out}")
@@ -262,9 +284,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     from segsynth.cli import EPILOG, add_common
 
-    s = sub.add_parser("brainspade-train-labels", epilog=EPILOG,
-                       help="brainSPADE label generator: KL autoencoder over partial-volume maps + latent "
-                            "diffusion model; saves the model folder")
+    s = sub.add_parser("brainspade-train-labels", epilog=EPILOG, help=LABELS_HELP,
+                       description=LABELS_HELP + RESUME_HELP)
     add_common(s)
     _add_data(s)
     g = s.add_argument_group("label generator")
@@ -275,10 +296,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--pv-sigma", type=float, default=0.5, help="smoothing (voxels) of labels into PV maps")
     s.set_defaults(func=cmd_train_labels)
 
-    s = sub.add_parser("brainspade-train-images", epilog=EPILOG,
-                       help="brainSPADE image generator: SPADE VAE-GAN with a style encoder painting images on "
-                            "PV label maps (hinge GAN, feature matching, KLD, modality and contrastive style "
-                            "losses); saves the model folder")
+    s = sub.add_parser("brainspade-train-images", epilog=EPILOG, help=IMAGES_HELP,
+                       description=IMAGES_HELP + RESUME_HELP)
     add_common(s)
     _add_data(s)
     g = s.add_argument_group("image generator")

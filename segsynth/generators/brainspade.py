@@ -27,6 +27,12 @@ its style choice and its style code, so a resumed run regenerates exactly what a
 (DDIM with eta = 0 is deterministic; DDPM's per-step noise comes from the batch's seed, recorded as
 ``batch_seed``). ``write_synthetic_dataset`` streams samples to a dataset folder (flat memory, resumable).
 
+Training is resumable: ``fit(..., checkpoint_dir=...)`` checkpoints every stage (autoencoder, diffusion model,
+modality classifier, GAN) every ``checkpoint_every`` steps and at its end (``fit_checkpoint.FitCheckpoint``:
+weights, optimisers, data generators, loss histories); a rerun skips finished stages, continues the
+interrupted one and ends with the weights of an uninterrupted run. A checkpoint written with other options,
+seed or data is ignored (with a warning).
+
 Randomness never touches global state: data draws use ``torch.Generator`` objects, and MONAI code that
 draws from the global generator (weight initialisation, DDPM steps) runs inside ``torch.random.fork_rng``
 seeded from the caller's seed.
@@ -42,6 +48,7 @@ import contextlib
 import inspect
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,6 +64,7 @@ from segsynth.data.partial_volume import labels_to_pv, pv_to_labels, renormalise
 from segsynth.data.transforms import RandomSpatial
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.base import Method, MethodContext
+from segsynth.generators.fit_checkpoint import FitCheckpoint, fingerprint
 from segsynth.utils.config import load_state, save_module
 from segsynth.utils.device import resolve_device
 from segsynth.utils.files import atomic_path, write_json
@@ -165,8 +173,19 @@ def _init_args(fn: Any, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _progress(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def _tail_mean(values: Sequence[float]) -> float:
+    """Mean of the last tenth of a loss history (NaN when empty)."""
+    tail = list(values)[-max(1, len(values) // 10):]
+    return float(np.mean(tail)) if tail else float("nan")
+
+
+def _fit_key(kind: str, config: dict[str, Any], not_fit: set[str], seed: int, *data: Any) -> str:
+    """Fingerprint of what a fit's result depends on: the training options, the seed and the data."""
+    return fingerprint(kind, {k: v for k, v in config.items() if k not in not_fit}, int(seed), *data)
 
 
 class _StopForward(Exception):
@@ -273,6 +292,9 @@ class LabelGenerator:
     """
 
     name: ClassVar[str] = "brainspade-labels"
+    #: options that do not change training (left out of the checkpoint fingerprint)
+    sampling_options: ClassVar[frozenset[str]] = frozenset({"progress", "sampler", "sampling_steps",
+                                                            "sample_batch_size"})
 
     def __init__(self, spatial_dims: int = 2, num_classes: int | None = None,
                  image_size: Sequence[int] | None = None, *, pv_sigma: float = 0.5,
@@ -400,8 +422,15 @@ class LabelGenerator:
     # ------------------------------------------------------------------------------------------ fit
 
     def fit(self, train: list[Case], *, val: list[Case] | None = None, unlabelled: list[Case] | None = None,
-            device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
-        """Train the autoencoder, then the diffusion model on its latents. Returns training statistics."""
+            device: torch.device | str = "cpu", seed: int = 0, checkpoint_dir: str | Path | None = None,
+            checkpoint_every: int = 100) -> dict[str, Any]:
+        """Train the autoencoder, then the diffusion model on its latents. Returns training statistics.
+
+        With ``checkpoint_dir``, each stage is checkpointed there every ``checkpoint_every`` steps and at its
+        end (``label_autoencoder.pt``, ``label_diffusion.pt``); a rerun with the same options, seed and data
+        continues from there (finished stages are skipped) and ends with the same weights as an uninterrupted
+        run. A checkpoint of another configuration is ignored (with a warning).
+        """
         labelled = [c for c in train if c.mask is not None]
         if not labelled:
             raise DataError("the label generator needs labelled training cases")
@@ -419,12 +448,14 @@ class LabelGenerator:
         masks = torch.stack([torch.as_tensor(c.mask).long() for c in labelled])
         pvs = labels_to_pv(masks, k, sigma=self.config["pv_sigma"])
         conds = torch.tensor([self.condition_vector(c) for c in labelled], dtype=torch.float32)
+        ckpt = FitCheckpoint(checkpoint_dir, _fit_key("LabelGenerator", self.config, set(self.sampling_options),
+                                                      seed, masks, conds), checkpoint_every)
         self._build(seed)
         g = torch_generator(derive_seed(seed, "label-fit"))
         t0 = time.perf_counter()
-        ae_stats = self._fit_autoencoder(pvs, g, seed)
+        ae_stats = self._fit_autoencoder(pvs, g, seed, ckpt)
         t1 = time.perf_counter()
-        ldm_stats = self._fit_diffusion(pvs, conds, labelled, g)
+        ldm_stats = self._fit_diffusion(pvs, conds, labelled, g, ckpt)
         t2 = time.perf_counter()
         stats = {"ae": ae_stats, "ldm": ldm_stats, "ae_seconds": t1 - t0, "ldm_seconds": t2 - t1,
                  "n_train": len(labelled), "scale_factor": self.scale_factor}
@@ -433,7 +464,8 @@ class LabelGenerator:
         self.history = stats
         return stats
 
-    def _fit_autoencoder(self, pvs: torch.Tensor, g: torch.Generator, seed: int) -> dict[str, float]:
+    def _fit_autoencoder(self, pvs: torch.Tensor, g: torch.Generator, seed: int,
+                         ckpt: FitCheckpoint | None = None) -> dict[str, float]:
         from monai.losses import PatchAdversarialLoss
         from monai.networks.nets import PatchDiscriminator
 
@@ -450,10 +482,14 @@ class LabelGenerator:
         spatial = _default_spatial_aug(c["spatial_dims"])
         steps, bs = int(c["ae_steps"]), int(c["ae_batch_size"])
         adv_from = int(c["adv_start"] * steps)
-        last: dict[str, float] = {}
-        l1_hist: list[float] = []
-        bar = _progress(steps, "label autoencoder", c["progress"])
-        for step in range(steps):
+        stage = (ckpt or FitCheckpoint(None)).stage(
+            "label_autoencoder", modules={"autoencoder": ae, "discriminator": disc},
+            optimizers={"autoencoder": opt_g, "discriminator": opt_d}, generators={"data": g})
+        saved = stage.restore()
+        last: dict[str, float] = saved.get("last", {})
+        l1_hist: list[float] = saved.get("l1_hist", [])
+        bar = _progress(steps, "label autoencoder", c["progress"], initial=stage.start)
+        for step in range(stage.start, steps):
             idx = torch.randint(len(pvs), (bs,), generator=g)
             x = pvs[idx]
             if c["augment"]:
@@ -486,10 +522,10 @@ class LabelGenerator:
             l1_hist.append(last["l1"])
             bar.update(1)
             bar.set_postfix(l1=f"{last['l1']:.4f}")
+            stage.after_step(step + 1, steps, last=last, l1_hist=l1_hist)
         bar.close()
         ae.eval()
-        tail = l1_hist[-max(1, len(l1_hist) // 10):]
-        return {**last, "l1_final_mean": float(np.mean(tail)) if tail else float("nan"), "steps": steps}
+        return {**last, "l1_final_mean": _tail_mean(l1_hist), "steps": steps}
 
     @torch.no_grad()
     def _encode_bank(self, pvs: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -507,34 +543,43 @@ class LabelGenerator:
             sigmas.append(sigma.cpu())
         return torch.cat(mus), torch.cat(sigmas), all_pv
 
+    def _latent_bank(self, pvs: torch.Tensor, conds: torch.Tensor,
+                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Latents (mu, sigma) the diffusion model trains on, their conditions; sets ``scale_factor``."""
+        mu, sigma, all_pv = self._encode_bank(pvs, g)
+        self.scale_factor = float(1.0 / mu.std().clamp_min(1e-6))
+        if not self.condition_dim:
+            return mu, sigma, None
+        if self.config["condition"] == "class_presence":  # augmented copies may lose a class at the border
+            labels = pv_to_labels(all_pv)
+            return mu, sigma, torch.stack([(labels == k).flatten(1).any(1).float()
+                                           for k in range(1, self.num_classes)], 1)
+        return mu, sigma, conds.repeat(len(all_pv) // len(pvs), 1)
+
     def _fit_diffusion(self, pvs: torch.Tensor, conds: torch.Tensor, cases: list[Case],
-                       g: torch.Generator) -> dict[str, float]:
+                       g: torch.Generator, ckpt: FitCheckpoint | None = None) -> dict[str, float]:
         from monai.inferers import DiffusionInferer
 
         c = self.config
         dev = self.device
-        mu, sigma, all_pv = self._encode_bank(pvs, g)
-        self.scale_factor = float(1.0 / mu.std().clamp_min(1e-6))
-        n_orig = len(pvs)
-        if self.condition_dim:
-            if c["condition"] == "class_presence":  # augmented copies may lose a class at the border
-                labels = pv_to_labels(all_pv)
-                all_conds = torch.stack([(labels == k).flatten(1).any(1).float()
-                                         for k in range(1, self.num_classes)], 1)
-            else:
-                all_conds = conds.repeat(len(all_pv) // n_orig, 1)
-            self.condition_bank = conds.clone()
-        else:
-            all_conds = None
-            self.condition_bank = None
+        self.condition_bank = conds.clone() if self.condition_dim else None
         unet = self.unet.to(dev).train()
         scheduler = self._scheduler("ddpm")
         inferer = DiffusionInferer(scheduler)
         opt = torch.optim.AdamW(unet.parameters(), lr=c["ldm_lr"])
         steps, bs = int(c["ldm_steps"]), int(c["ldm_batch_size"])
-        losses: list[float] = []
-        bar = _progress(steps, "label diffusion", c["progress"])
-        for _ in range(steps):
+        stage = (ckpt or FitCheckpoint(None)).stage("label_diffusion", modules={"unet": unet},
+                                                    optimizers={"unet": opt}, generators={"data": g})
+        if stage.finished(steps):  # the latent bank is only needed to train: skip encoding it
+            saved = stage.restore()
+            self.scale_factor = float(saved["scale_factor"])
+            unet.eval()
+            return self._diffusion_stats(saved["losses"], steps, int(saved["n_latents"]))
+        mu, sigma, all_conds = self._latent_bank(pvs, conds, g)  # draws from g before the saved state is restored
+        saved = stage.restore()
+        losses: list[float] = saved.get("losses", [])
+        bar = _progress(steps, "label diffusion", c["progress"], initial=stage.start)
+        for step in range(stage.start, steps):
             idx = torch.randint(len(mu), (bs,), generator=g)
             eps = torch.randn(mu[idx].shape, generator=g)
             z = ((mu[idx] + sigma[idx] * eps) * self.scale_factor).to(dev)
@@ -549,11 +594,14 @@ class LabelGenerator:
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(mse=f"{losses[-1]:.4f}")
+            stage.after_step(step + 1, steps, losses=losses, scale_factor=self.scale_factor, n_latents=len(mu))
         bar.close()
         unet.eval()
-        tail = losses[-max(1, len(losses) // 10):]
-        return {"mse_final_mean": float(np.mean(tail)) if tail else float("nan"), "steps": steps,
-                "n_latents": len(mu)}
+        return self._diffusion_stats(losses, steps, len(mu))
+
+    @staticmethod
+    def _diffusion_stats(losses: list[float], steps: int, n_latents: int) -> dict[str, float]:
+        return {"mse_final_mean": _tail_mean(losses), "steps": steps, "n_latents": n_latents}
 
     @torch.no_grad()
     def reconstruction_l1(self, cases: list[Case]) -> float:
@@ -727,6 +775,8 @@ class ImageGenerator:
     """
 
     name: ClassVar[str] = "spade"
+    #: options that do not change training (left out of the checkpoint fingerprint)
+    sampling_options: ClassVar[frozenset[str]] = frozenset({"progress", "style_noise", "sample_batch_size"})
 
     def __init__(self, spatial_dims: int = 2, num_classes: int | None = None, in_channels: int | None = None,
                  image_size: Sequence[int] | None = None, *, pv_sigma: float = 0.5,
@@ -797,8 +847,15 @@ class ImageGenerator:
     # ------------------------------------------------------------------------------------------ fit
 
     def fit(self, train: list[Case], *, val: list[Case] | None = None, unlabelled: list[Case] | None = None,
-            device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
-        """Train the modality classifier (when there are >= 2 domains), then the SPADE VAE-GAN."""
+            device: torch.device | str = "cpu", seed: int = 0, checkpoint_dir: str | Path | None = None,
+            checkpoint_every: int = 100) -> dict[str, Any]:
+        """Train the modality classifier (when there are >= 2 domains), then the SPADE VAE-GAN.
+
+        With ``checkpoint_dir``, each stage is checkpointed there every ``checkpoint_every`` steps and at its
+        end (``image_classifier.pt``, ``image_gan.pt``); a rerun with the same options, seed and data
+        continues from there (finished stages are skipped) and ends with the same weights as an uninterrupted
+        run. A checkpoint of another configuration is ignored (with a warning).
+        """
         labelled = [c for c in train if c.mask is not None]
         if not labelled:
             raise DataError("the image generator needs labelled training cases")
@@ -837,16 +894,19 @@ class ImageGenerator:
             if target else None
         target_dom = torch.tensor([self.domains.index(domain_of(x, "target")) for x in target]) if target else None
 
+        ckpt = FitCheckpoint(checkpoint_dir, _fit_key("ImageGenerator", c, set(self.sampling_options), seed, images,
+                                                      masks, partners, self.domains, target_images, target_dom),
+                             checkpoint_every)
         self._build(seed)
         g = torch_generator(derive_seed(seed, "spade-fit"))
         t0 = time.perf_counter()
         clf_stats: dict[str, Any] = {"used": False}
         if len(self.domains) >= 2 and c["lambda_modality"] > 0 and target_images is not None:
-            clf_stats = self._fit_classifier(images, target_images, target_dom, g, seed)
+            clf_stats = self._fit_classifier(images, target_images, target_dom, g, seed, ckpt)
         elif c["lambda_modality"] > 0:
             log.info("modality loss off: the training images come from one domain only")
         t1 = time.perf_counter()
-        gan_stats = self._fit_gan(images, pvs, partners, target_images, target_dom, g)
+        gan_stats = self._fit_gan(images, pvs, partners, target_images, target_dom, g, ckpt)
         t2 = time.perf_counter()
         self._fill_style_bank(labelled, unlabelled)
         self.history = {"classifier": clf_stats, "gan": gan_stats, "classifier_seconds": t1 - t0,
@@ -855,7 +915,7 @@ class ImageGenerator:
         return self.history
 
     def _fit_classifier(self, images: torch.Tensor, target_images: torch.Tensor, target_dom: torch.Tensor,
-                        g: torch.Generator, seed: int) -> dict[str, Any]:
+                        g: torch.Generator, seed: int, ckpt: FitCheckpoint | None = None) -> dict[str, Any]:
         c = self.config
         dev = self.device
         n_dom = len(self.domains)
@@ -866,8 +926,11 @@ class ImageGenerator:
         # balanced draws: half from the source domain, half from the others
         steps, bs = int(c["classifier_steps"]), max(2, int(c["spade_batch_size"]))
         spatial = _default_spatial_aug(c["spatial_dims"])
-        accs = []
-        for _ in range(steps):
+        stage = (ckpt or FitCheckpoint(None)).stage("image_classifier", modules={"classifier": clf},
+                                                    optimizers={"classifier": opt}, generators={"data": g})
+        accs: list[float] = stage.restore().get("accs", [])
+        bar = _progress(steps, "modality classifier", c["progress"], initial=stage.start)
+        for step in range(stage.start, steps):
             half = bs // 2
             i_src = torch.randint(len(images), (half,), generator=g)
             i_tgt = len(images) + torch.randint(len(target_images), (bs - half,), generator=g)
@@ -880,16 +943,18 @@ class ImageGenerator:
             loss.backward()
             opt.step()
             accs.append(float((logits.argmax(1) == all_dom[idx].to(dev)).float().mean()))
+            bar.update(1)
+            stage.after_step(step + 1, steps, accs=accs)
+        bar.close()
         clf.eval()
         for p in clf.parameters():
             p.requires_grad_(False)
         self.classifier = clf
-        tail = accs[-max(1, len(accs) // 10):]
-        return {"used": True, "steps": steps, "train_accuracy": float(np.mean(tail)) if tail else float("nan")}
+        return {"used": True, "steps": steps, "train_accuracy": _tail_mean(accs)}
 
     def _fit_gan(self, images: torch.Tensor, pvs: torch.Tensor, partners: list[list[int]],
                  target_images: torch.Tensor | None, target_dom: torch.Tensor | None,
-                 g: torch.Generator) -> dict[str, Any]:
+                 g: torch.Generator, ckpt: FitCheckpoint | None = None) -> dict[str, Any]:
         from monai.losses import PatchAdversarialLoss
         from monai.networks.nets import MultiScalePatchDiscriminator
 
@@ -909,9 +974,12 @@ class ImageGenerator:
         affine = RandomSpatial(rotate_deg=15.0, scale=(0.9, 1.1), translate=0.08)
         steps, bs = int(c["spade_steps"]), int(c["spade_batch_size"])
         use_target = target_images is not None and c["target_style_prob"] > 0
-        hist: list[dict[str, float]] = []
-        bar = _progress(steps, "SPADE image generator", c["progress"])
-        for _ in range(steps):
+        stage = (ckpt or FitCheckpoint(None)).stage(
+            "image_gan", modules={"spade": net, "discriminator": disc},
+            optimizers={"spade": opt_g, "discriminator": opt_d}, generators={"data": g})
+        hist: list[dict[str, float]] = stage.restore().get("hist", [])  # restores g after its draw for disc init
+        bar = _progress(steps, "SPADE image generator", c["progress"], initial=stage.start)
+        for step in range(stage.start, steps):
             idx = torch.randint(len(images), (bs,), generator=g)
             style_idx = torch.tensor([partners[i][int(torch.randint(len(partners[i]), (1,), generator=g))]
                                       if c["style_other_slice"] else i for i in idx.tolist()])
@@ -971,6 +1039,7 @@ class ImageGenerator:
             hist.append(rec)
             bar.update(1)
             bar.set_postfix(g=f"{rec['g_adv']:.3f}", d=f"{rec['d_loss']:.3f}")
+            stage.after_step(step + 1, steps, hist=hist)
         bar.close()
         net.eval()
         tail = hist[-max(1, len(hist) // 10):]
@@ -1207,9 +1276,13 @@ class BrainSpadeGenerator:
         return obj
 
     def fit(self, train: list[Case], *, val: list[Case] | None = None, unlabelled: list[Case] | None = None,
-            device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
-        stats_l = self.labels.fit(train, val=val, unlabelled=unlabelled, device=device, seed=derive_seed(seed, "L"))
-        stats_i = self.images.fit(train, val=val, unlabelled=unlabelled, device=device, seed=derive_seed(seed, "I"))
+            device: torch.device | str = "cpu", seed: int = 0, checkpoint_dir: str | Path | None = None,
+            checkpoint_every: int = 100) -> dict[str, Any]:
+        """Fit the label generator, then the image generator (both resumable with ``checkpoint_dir``)."""
+        stats_l = self.labels.fit(train, val=val, unlabelled=unlabelled, device=device, seed=derive_seed(seed, "L"),
+                                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+        stats_i = self.images.fit(train, val=val, unlabelled=unlabelled, device=device, seed=derive_seed(seed, "I"),
+                                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
         return {"labels": stats_l, "images": stats_i}
 
     def sample_from_seeds(self, seeds: Sequence[int], *, masks: Sequence[Any] | None = None,
@@ -1372,7 +1445,13 @@ class _SyntheticPairsMethod(Method):
         return self.generator_cls(**opts)
 
     def fitted_generator(self, ctx: MethodContext) -> Any:
+        """The generator of this run: reloaded from ``workdir/generator`` when saved there, else fitted.
+
+        With ``ctx.workdir`` the fit checkpoints to ``workdir/generator_checkpoint`` (a killed run resumes
+        there); that folder is removed once the fitted generator is saved.
+        """
         gen_dir = ctx.workdir / "generator" if ctx.workdir else None
+        ckpt_dir = ctx.workdir / "generator_checkpoint" if ctx.workdir else None
         marker = gen_dir / "fit_stats.json" if gen_dir else None
         if self.method_options["reuse"] and marker is not None and marker.exists():
             log.info("%s: reusing the generator saved in %s", self.name, gen_dir)
@@ -1382,10 +1461,12 @@ class _SyntheticPairsMethod(Method):
                 gen.train_mask_ids = [c.case_id for c in ctx.train]
             return gen
         gen = self._make_generator(ctx)
-        stats = gen.fit(ctx.train, val=ctx.val, unlabelled=ctx.unlabelled, device=ctx.device, seed=ctx.seed)
+        stats = gen.fit(ctx.train, val=ctx.val, unlabelled=ctx.unlabelled, device=ctx.device, seed=ctx.seed,
+                        checkpoint_dir=ckpt_dir)
         if gen_dir is not None:
             gen.save(gen_dir)
             write_json(marker, stats)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # superseded by the saved generator
         return gen
 
     def synthetic_cases(self, gen: Any, ctx: MethodContext) -> list[Case]:

@@ -33,6 +33,8 @@ def test_cli_train_sample_audit_export(tmp_path, capsys):
                  "--condition", "slice_position", *TINY_LABELS, "--out", str(tmp_path / "labels")]) == 0
     assert main(["brainspade-train-images", *common, "--spade-steps", "1", *TINY_IMAGES,
                  "--out", str(tmp_path / "images")]) == 0
+    assert not (tmp_path / "labels" / "checkpoint").exists()  # removed once the model is saved
+    assert not (tmp_path / "images" / "checkpoint").exists()
     info = json.loads((tmp_path / "images" / "dataset_info.json").read_text())
     assert info["info"]["labels"] == {"0": "background", "1": "a", "2": "b"} and len(info["train_ids"]) == 6
 
