@@ -65,7 +65,7 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
               "pretrain_steps": a.pretrain_steps, "arch_every": a.arch_every, "gen_batch_size": a.gen_batch_size,
               "arch_batch_size": a.arch_batch_size, "derive_steps": a.derive_steps,
               "hypergradient": a.hypergradient, "arch_lr": a.arch_lr}
-    opts = {"genseg": dict(genseg), "separate": dict(genseg)}
+    opts = {"genseg": dict(genseg), "separate": dict(genseg), "genseg_aug": dict(genseg)}
     test_data = None
     if a.ood:
         if a.name != "jsrt":
@@ -318,7 +318,7 @@ def main() -> None:
     print_summary(records, cfg.out)
     comparisons = []
     for a_m, b_m in (("genseg", "none"), ("genseg", "augment"), ("genseg", "separate"), ("separate", "none"),
-                     ("augment", "none")):
+                     ("augment", "none"), ("genseg_aug", "augment"), ("genseg_aug", "genseg")):
         if a_m in cfg.methods and b_m in cfg.methods:
             comparisons += paired(records, a_m, b_m)
     name = cfg.out.name

@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "augment_intensity": "segsynth.generators.baselines:IntensityAugmentation",
     "genseg": "segsynth.generators.genseg:GenSegMethod",
     "separate": "segsynth.generators.genseg:SeparateMethod",
+    "genseg_aug": "segsynth.generators.genseg:GenSegAugMethod",
     "sas": "segsynth.generators.learned_transforms:SASMethod",
     "sas_aug": "segsynth.generators.learned_transforms:SASAugMethod",
     "randaug": "segsynth.generators.learned_transforms:RandAugMethod",

@@ -849,3 +849,14 @@ class SeparateMethod(GenSegMethod):
     description: ClassVar[str] = ("GenSeg ablation: the same Pix2Pix generator trained separately (no segmentation "
                                   "feedback), then used to generate pairs for the segmenter")
     feedback: ClassVar[bool] = False
+
+
+class GenSegAugMethod(GenSegMethod):
+    """GenSeg with classical augmentation of the real pairs too: generated pairs on top of the ``augment`` baseline."""
+
+    name: ClassVar[str] = "genseg_aug"
+    description: ClassVar[str] = ("GenSeg + classical augmentation of the real pairs (generated pairs added to what "
+                                  "`augment` trains on)")
+
+    def __init__(self, **options: Any):
+        super().__init__(**{"augment_real": True, **options})

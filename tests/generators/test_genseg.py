@@ -251,3 +251,26 @@ def test_cli_genseg_trains_saves_and_evaluates(tmp_path, capsys):
     assert not GenSegGenerator.load(out / "generator").net.searchable
     assert GenSegGenerator.load(out / "work" / "generator_search").net.searchable
     assert "generator" in capsys.readouterr().out
+
+
+def test_genseg_aug_augments_the_real_pairs(tmp_path, monkeypatch):
+    import segsynth.data.transforms as transforms
+
+    calls = []
+    real = transforms.classical_augmentation
+
+    def spy(kind="combined", spatial_dims=2, flip=False):
+        calls.append(kind)
+        return real(kind, spatial_dims, flip)
+
+    monkeypatch.setattr(transforms, "classical_augmentation", spy)
+    method = get_method("genseg_aug", **TINY_OPTS)
+    assert method.opts.augment_real and not get_method("genseg", **TINY_OPTS).opts.augment_real
+    assert get_method("genseg_aug", augment_real=False, **TINY_OPTS).opts.augment_real is False
+    cases = _cases(n=5)
+    info = DatasetInfo("blobs", {0: "background", 1: "blob"}, "other", 2, 1)
+    ctx = MethodContext(info=info, train=cases[:3], val=cases[3:], segmenter_kwargs=UNET,
+                        train_config=TrainConfig(steps=4, batch_size=2, val_every=2, progress=False), seed=0,
+                        workdir=tmp_path / "run")
+    result = method.run(ctx)
+    assert calls == ["combined"] and "arch_grad_norm" in set().union(*result.history)
