@@ -45,6 +45,16 @@ def safe_id(case_id: str) -> str:
     return out
 
 
+def unique_safe_id(case_id: str, used: set[str]) -> str:
+    """``safe_id`` made unique among ``used`` (``_1``, ``_2``, ... appended); the result is added to ``used``."""
+    cid = base = safe_id(case_id)
+    k = 1
+    while cid in used:
+        cid, k = f"{base}_{k}", k + 1
+    used.add(cid)
+    return cid
+
+
 def open_source(source: str | Path | Sequence[Case], info: DatasetInfo | None = None) -> ExportSource:
     """A dataset folder (any layout segsynth reads) or a list of Cases (with ``info`` naming the classes)."""
     if isinstance(source, (str, Path)):
@@ -98,4 +108,4 @@ def file_meta(case: Case) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ExportSource", "open_source", "safe_id", "file_meta"]
+__all__ = ["ExportSource", "open_source", "safe_id", "unique_safe_id", "file_meta"]

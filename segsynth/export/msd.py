@@ -21,7 +21,7 @@ from typing import Any
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.data.io import write_image, write_mask
 from segsynth.errors import DataError
-from segsynth.export import file_meta, open_source, safe_id
+from segsynth.export import file_meta, open_source, unique_safe_id
 from segsynth.utils.files import atomic_dir, write_json
 
 _MODALITY_NAME = {"ct": "CT", "mri": "MRI", "xray": "X-ray", "photo": "RGB"}
@@ -50,11 +50,7 @@ def export_msd(source: str | Path | Sequence[Case], out_dir: str | Path, *, name
     used: set[str] = set()
     with atomic_dir(out_dir) as tmp:
         for case in src:
-            cid = safe_id(case.case_id)
-            base, k = cid, 1
-            while cid in used:
-                cid, k = f"{base}_{k}", k + 1
-            used.add(cid)
+            cid = unique_safe_id(case.case_id, used)
             if in_channels is None:
                 in_channels, spatial_dims = case.in_channels, case.spatial_dims
             elif case.in_channels != in_channels:

@@ -28,7 +28,7 @@ import numpy as np
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.data.io import write_image, write_mask
 from segsynth.errors import ConfigError, DataError
-from segsynth.export import file_meta, open_source, safe_id
+from segsynth.export import file_meta, open_source, unique_safe_id
 from segsynth.utils.files import atomic_dir, write_json
 
 _MODALITY_CHANNEL = {"ct": "CT", "mri": "MRI", "xray": "X-ray"}
@@ -98,11 +98,7 @@ def export_nnunet(source: str | Path | Sequence[Case], out_root: str | Path, *, 
     used: set[str] = set()
     with atomic_dir(target) as tmp:
         for case in src:
-            cid = safe_id(case.case_id)
-            base, k = cid, 1
-            while cid in used:
-                cid, k = f"{base}_{k}", k + 1
-            used.add(cid)
+            cid = unique_safe_id(case.case_id, used)
             if in_channels is None:
                 in_channels = case.in_channels
             elif case.in_channels != in_channels:

@@ -107,3 +107,11 @@ def test_png_export_for_unit_range_2d(tmp_path):
     bad = [Case("z", cases[0].image * 5, cases[0].mask)]
     with pytest.raises(DataError):
         export_nnunet(bad, tmp_path, dataset_id=4, info=INFO_2D, file_ending=".png")
+
+
+def test_unique_safe_ids_never_collide():
+    from segsynth.export import unique_safe_id
+
+    used: set[str] = set()
+    ids = [unique_safe_id(c, used) for c in ["a/b", "a_b", "a b", "..", "x"]]
+    assert ids == ["a_b", "a_b_1", "a_b_2", "case", "x"] and used == set(ids)
