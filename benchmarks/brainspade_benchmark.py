@@ -159,19 +159,12 @@ def train_and_test(name: str, source, val: list[Case], test: list[Case], info, a
 
 
 def paired(runs: list[dict[str, Any]], a_name: str, b_name: str) -> dict[str, Any]:
-    """Paired tests on (seed, case) mean foreground Dice."""
-    from segsynth.evaluate.stats import paired_tests
+    """Paired tests of two segmenters over test slices, each averaged over the seeds (plus a seed-level t-test)."""
+    from segsynth.evaluate.stats import compare_methods
 
-    a_runs = {r["seed"]: r for r in runs if r["segmenter"] == a_name}
-    b_runs = {r["seed"]: r for r in runs if r["segmenter"] == b_name}
-    xa, xb = [], []
-    for seed in sorted(set(a_runs) & set(b_runs)):
-        da = {p["case_id"]: p["dice_mean"] for p in a_runs[seed]["per_case"]}
-        db = {p["case_id"]: p["dice_mean"] for p in b_runs[seed]["per_case"]}
-        for cid in sorted(set(da) & set(db)):
-            xa.append(da[cid])
-            xb.append(db[cid])
-    return {"a": a_name, "b": b_name, **paired_tests(xa, xb)}
+    records = [{"method": r["segmenter"], "n_train": 0, "seed": r["seed"], "status": "ok",
+                "per_case": r["per_case"]} for r in runs if r.get("per_case")]
+    return {"a": a_name, "b": b_name, **compare_methods(records, a_name, b_name, 0)}
 
 
 def save_figure(path: Path, ds: dict[str, Any], synth: list[Case], runs: list[dict[str, Any]]) -> None:
