@@ -180,7 +180,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     result = method.run(ctx)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
         return 0
-    if hasattr(result.model, "segsynth_config"):
+    saveable = hasattr(result.model, "segsynth_config")
+    if saveable:
         save_segmenter(result.model, a.out / "model", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
                        extra={"method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
                               "train_cases": [c.case_id for c in split.train]})
@@ -194,7 +195,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     print(f"trained {a.method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}; "
           f"test Dice {np.mean([r['dice_mean'] for r in rows]):.3f} over {len(rows)} cases")
-    print(f"model: {a.out / 'model' if hasattr(result.model, 'segsynth_config') else '(not saved)'}   metrics: {a.out / 'test_metrics'}")
+    print(f"model: {a.out / 'model' if saveable else '(not saved)'}   metrics: {a.out / 'test_metrics'}")
     return 0
 
 

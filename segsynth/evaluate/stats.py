@@ -188,17 +188,16 @@ def paired_case_values(
     n_train: int,
     metric: str = "dice_mean",
     group: GroupKey | None = None,
-    return_volumes: bool = False,
-) -> tuple:
+) -> tuple[list[float | None], list[float | None], list[tuple[int, str]], list[str]]:
     """Per-(seed, test case) values of ``metric`` for two methods at one N, matched on both keys.
 
     Only (seed, case) pairs present in finished runs of both methods are kept; ``group`` restricts the
     records to one (dataset, test set, segmenter).
 
     Returns:
-        ``(values_a, values_b, keys)`` aligned lists; ``keys`` are the (seed, case_id) pairs. With
-        ``return_volumes`` a fourth list gives each pair's independent unit: the case's ``volume_id``
-        (2D slices of one 3D volume) or else its case id.
+        ``(values_a, values_b, keys, units)`` aligned lists; ``keys`` are the (seed, case_id) pairs and
+        ``units`` each pair's independent unit: the case's ``volume_id`` (2D slices of one 3D volume) or else
+        its case id.
     """
 
     records = list(records)
@@ -219,9 +218,7 @@ def paired_case_values(
 
     ta, tb = table(method_a), table(method_b)
     keys = sorted(set(ta) & set(tb))
-    if return_volumes:
-        return [ta[k] for k in keys], [tb[k] for k in keys], keys, [volume_of.get(k[1], k[1]) for k in keys]
-    return [ta[k] for k in keys], [tb[k] for k in keys], keys
+    return [ta[k] for k in keys], [tb[k] for k in keys], keys, [volume_of.get(k[1], k[1]) for k in keys]
 
 
 def compare_methods(
@@ -248,8 +245,7 @@ def compare_methods(
     """
     if unit not in ("case", "seed_case"):
         raise ValueError(f"unit must be 'case' or 'seed_case', got {unit!r}")
-    va, vb, keys, units = paired_case_values(records, method_a, method_b, n_train, metric, group,
-                                             return_volumes=True)
+    va, vb, keys, units = paired_case_values(records, method_a, method_b, n_train, metric, group)
 
     def ok(x: float | None) -> bool:
         return x is not None and math.isfinite(float(x))
