@@ -147,10 +147,13 @@ def train_and_test(name: str, source, val: list[Case], test: list[Case], info, a
                       seed=seed, progress=False)
     result, cost = timed(lambda: train_segmenter(model, source, val, cfg, num_classes=info.num_classes,
                                                  device=device), device)
+    # Slices of several test volumes: the volume is the paired tests' unit (one test subject, as in AOMIC: the slice).
+    by_volume = len({c.meta.get("volume_id") for c in test}) > 1
     per_case = []
     for c in test:
         m = case_metrics(predict(result.model, c.image, info.num_classes, device=device), c.mask, info.labels)
-        per_case.append({"case_id": c.case_id, "dice": m["dice"], "dice_mean": m["dice_mean"]})
+        vid = {"volume_id": str(c.meta["volume_id"])} if by_volume and c.meta.get("volume_id") is not None else {}
+        per_case.append({"case_id": c.case_id, **vid, "dice": m["dice"], "dice_mean": m["dice_mean"]})
     classes = list(per_case[0]["dice"]) if per_case else []
     return {"segmenter": name, "seed": seed, "val_dice": result.best_val_dice, **cost,
             "dice_mean": float(np.mean([p["dice_mean"] for p in per_case])),

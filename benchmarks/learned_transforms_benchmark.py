@@ -13,7 +13,8 @@ Every part is a normal ``segsynth`` sweep (resumable: rerun the same command to 
 ``--out/<part>/``; this script adds the all-labels reference, the paired tests, the timings of each stage and
 a summary ``summary.json`` + ``oneshot_<part>.png``.
 
-Scales: ``--scale reduced`` fits 2 shared CPU cores in about 15 minutes; ``--scale full`` is the protocol
+Scales: ``--scale reduced`` fits 2 shared CPU cores in about 15 minutes; ``--scale medium`` is what the
+closing notes report (about 70 minutes on 2 CPU cores); ``--scale full`` is the protocol
 of the issue (3 seeds, 100 unlabelled volumes, long training; meant for a GPU). Any size can be overridden.
 
     .venv/bin/python benchmarks/learned_transforms_benchmark.py --scale reduced --out benchmarks/results/lt
@@ -58,6 +59,20 @@ SCALES: dict[str, dict[str, Any]] = {
         "lowdata": {"seeds": [0], "n_values": [1, 4], "n_test": 20, "n_val": 2, "steps": 60, "batch_size": 8,
                     "lr": 2e-3, "size": 64, "features": (8, 8, 16, 32, 64, 8), "pretrain_steps": 80,
                     "pretrain_max_cases": 30},
+    },
+    # What the closing notes report (2 CPU cores: oneshot3d 36 min, oneshot2d ≈ 15 min, lowdata ≈ 20 min).
+    "medium": {
+        "oneshot3d": {"seeds": [0, 1, 2], "n_unlabelled": 100, "n_test": 30, "n_val": 2, "n_all": 100,
+                      "reg_steps": 400, "app_steps": 200, "reg_batch": 2, "steps": 400, "batch_size": 2, "lr": 2e-3,
+                      "shape_3d": (40, 56, 40), "features": (8, 8, 16, 32, 64, 8),
+                      "reg_channels": [8, 16, 16, 16], "reg_final_channels": [8, 8], "app_channels": [8, 16, 32]},
+        "oneshot2d": {"seeds": [0, 1, 2], "n_unlabelled": 60, "n_test": 40, "n_val": 2, "n_all": 60,
+                      "reg_steps": 300, "app_steps": 200, "reg_batch": 4, "steps": 300, "batch_size": 8,
+                      "lr": 2e-3, "size": 64, "features": (8, 8, 16, 32, 64, 8),
+                      "reg_channels": [8, 16, 16, 16], "reg_final_channels": [8, 8], "app_channels": [8, 16, 32]},
+        "lowdata": {"seeds": [0, 1, 2], "n_values": [1, 2, 4, 8], "n_test": 40, "n_val": 2, "steps": 200,
+                    "batch_size": 8, "lr": 2e-3, "size": 64, "features": (8, 8, 16, 32, 64, 8),
+                    "pretrain_steps": 300, "pretrain_max_cases": 30},
     },
     "full": {
         "oneshot3d": {"seeds": [0, 1, 2], "n_unlabelled": 100, "n_test": 40, "n_val": 3, "n_all": 100,
