@@ -162,7 +162,8 @@ def train_and_test(name: str, source, val: list[Case], test: list[Case], info, a
 
 
 def paired(runs: list[dict[str, Any]], a_name: str, b_name: str) -> dict[str, Any]:
-    """Paired tests of two segmenters over test slices, each averaged over the seeds (plus a seed-level t-test)."""
+    """Paired tests of two segmenters over test units (volumes when recorded, else slices), each averaged over the
+    seeds, plus a seed-level t-test."""
     from segsynth.evaluate.stats import compare_methods
 
     records = [{"method": r["segmenter"], "n_train": 0, "seed": r["seed"], "status": "ok",

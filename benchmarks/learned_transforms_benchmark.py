@@ -4,7 +4,8 @@ Parts (``--parts``, comma-separated):
 
 * ``oneshot3d``: hippocampus 3D, one labelled atlas, up to ``n_unlabelled`` unlabelled training volumes,
   test on other volumes: SAS, SAS-aug, rand-aug, learned, learned + rand-aug, and all labels
-  (classical augmentation on ``n_all`` labelled volumes); seeds; paired tests per (seed, test case).
+  (classical augmentation on ``n_all`` labelled volumes); seeds; paired tests over test cases, each
+  averaged over the seeds, plus a seed-level t-test.
 * ``oneshot2d``: the same on a 2D dataset (default jsrt_lungs).
 * ``lowdata``: ``none``, ``augment``, ``domain_rand`` and ``transfer`` (a segmenter pretrained on other
   datasets of ../shared/data, never the target) at N = 1, 2, 4, 8 on a 2D target.
