@@ -65,7 +65,7 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
               "pretrain_steps": a.pretrain_steps, "arch_every": a.arch_every, "gen_batch_size": a.gen_batch_size,
               "arch_batch_size": a.arch_batch_size, "derive_steps": a.derive_steps,
               "hypergradient": a.hypergradient, "arch_lr": a.arch_lr}
-    opts = {"genseg": dict(genseg), "separate": dict(genseg), "genseg_aug": dict(genseg)}
+    opts = {m: dict(genseg) for m in ("genseg", "separate", "genseg_aug", "genseg_frozen")}
     test_data = None
     if a.ood:
         if a.name != "jsrt":
@@ -98,6 +98,25 @@ def generator_seconds(cfg: SweepConfig) -> dict[str, dict[str, float]]:
         out[m] = {"pretrain_seconds": float(np.mean([r["seconds"] for r in pre])) if pre else 0.0,
                   "pretrain_steps": int(pre[0]["steps"]) if pre else 0,
                   "derive_seconds": float(np.mean([r["seconds"] for r in der])) if der else 0.0}
+    return out
+
+
+def searched_architectures(cfg: SweepConfig) -> dict[str, list[dict[str, Any]]]:
+    """Per searching method and seed: the derived genotype and how far softmax(alpha) moved from uniform.
+
+    ``max_shift`` is the largest |w - 1/n_ops| over all cells: 0 means the search changed nothing, and the
+    derived genotype is then decided by ties.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in cfg.methods:
+        for s in cfg.seeds:
+            f = cfg.out / "runs" / run_key(m, cfg.n_values[0], s) / "generator" / "genseg.json"
+            search = json.loads(f.read_text()).get("search") if f.exists() else None
+            if not search or "weights_up" not in search:
+                continue
+            rows = search["weights_down"] + search["weights_up"]
+            shift = max(abs(v - 1.0 / len(r)) for r in rows for v in r)
+            out.setdefault(m, []).append({"seed": s, "genotype": search["genotype"], "max_shift": shift})
     return out
 
 
@@ -318,15 +337,17 @@ def main() -> None:
     print_summary(records, cfg.out)
     comparisons = []
     for a_m, b_m in (("genseg", "none"), ("genseg", "augment"), ("genseg", "separate"), ("separate", "none"),
-                     ("augment", "none"), ("genseg_aug", "augment"), ("genseg_aug", "genseg")):
+                     ("augment", "none"), ("genseg_aug", "augment"), ("genseg_aug", "genseg"),
+                     ("genseg", "genseg_frozen")):
         if a_m in cfg.methods and b_m in cfg.methods:
             comparisons += paired(records, a_m, b_m)
     name = cfg.out.name
     cfg_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     cfg_json["flags"] = {k: v for k, v in vars(a).items()}
     cost = cost_estimate(records, cfg, generator_seconds(cfg), a.full_steps, a.full_pretrain)
-    path = write_summary(name, {**cfg_json, "cost": cost, "wall_seconds": time.perf_counter() - t0}, records,
-                         comparisons)
+    arch = searched_architectures(cfg)
+    path = write_summary(name, {**cfg_json, "cost": cost, "wall_seconds": time.perf_counter() - t0,
+                                "searched_architectures": arch}, records, comparisons)
     dice_plot(records, cfg, RESULTS / f"{name}_dice.png")
     samples_plot(cfg, RESULTS / f"{name}_samples.png")
     for m, c in cost.items():
@@ -336,6 +357,8 @@ def main() -> None:
     for c in comparisons:
         print(f"{c['test_set']:12s} {c['method_a']} - {c['method_b']}: {c['mean_diff']:+.4f} "
               f"(Wilcoxon p={c['wilcoxon_p']:.3g}, n={c['n']})")
+    for m, runs in arch.items():
+        print(f"{m}: softmax(alpha) moved at most {max(r['max_shift'] for r in runs):.4f} from uniform")
     print(f"summary: {path}")
 
 

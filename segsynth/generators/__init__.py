@@ -22,6 +22,7 @@ METHODS: dict[str, str] = {
     "genseg": "segsynth.generators.genseg:GenSegMethod",
     "separate": "segsynth.generators.genseg:SeparateMethod",
     "genseg_aug": "segsynth.generators.genseg:GenSegAugMethod",
+    "genseg_frozen": "segsynth.generators.genseg:GenSegFrozenMethod",
     "sas": "segsynth.generators.learned_transforms:SASMethod",
     "sas_aug": "segsynth.generators.learned_transforms:SASAugMethod",
     "randaug": "segsynth.generators.learned_transforms:RandAugMethod",

@@ -97,6 +97,8 @@ class GenSegOptions:
             (off by default: that path scales with the GAN's SGD step, and Adam has none; see hypergradient.py).
         augment: mask augmentation options (``MaskAugment`` fields), e.g. {"flip_axes": []}.
         augment_real: classical augmentation of the real pairs in the segmenter's batches too.
+        search: update alpha from the validation loss (False: alpha stays uniform, everything else as in
+            GenSeg: the ``genseg_frozen`` ablation, which isolates what the architecture search contributes).
     Output:
         derive_steps: stage-I updates of the derived generator before it is saved (0 = save it untrained).
         save_generator: save the generator in the run's work folder (``generator/``).
@@ -125,6 +127,7 @@ class GenSegOptions:
     unroll_generator: bool = False
     augment: dict[str, Any] = field(default_factory=dict)
     augment_real: bool = False
+    search: bool = True
     derive_steps: int = 200
     save_generator: bool = True
     save_search: bool = False
@@ -665,7 +668,7 @@ class GenSegHook:
         net = gen._require()
         self.arch_opt = (torch.optim.Adam(net.arch_parameters(), lr=opts.arch_lr, betas=(0.5, 0.999),
                                           weight_decay=opts.arch_weight_decay)
-                         if feedback and net.searchable else None)
+                         if feedback and opts.search and net.searchable else None)
         self.rng = torch_generator(derive_seed(seed, "genseg-hook", _rank()))
 
     def after_step(self, state: StepState) -> dict[str, float]:
@@ -808,7 +811,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True
     result = train_segmenter(model, source, ctx.val, cfg, num_classes=k, device=device,
                              checkpoint_dir=ckpt, hooks=hooks)
     net = gen._require()
-    if feedback and net.searchable:
+    if feedback and opts.search and net.searchable:
         gen.history["arch"] = net.arch_summary()
         log.info("genseg: searched architecture %s", net.arch_summary())
     if feedback and opts.save_search and ctx.workdir is not None and _rank() == 0:
@@ -860,3 +863,16 @@ class GenSegAugMethod(GenSegMethod):
 
     def __init__(self, **options: Any):
         super().__init__(**{"augment_real": True, **options})
+
+
+class GenSegFrozenMethod(GenSegMethod):
+    """GenSeg's search ablation: everything as in ``genseg`` (GAN updates in the loop, the same mixture of real
+    and generated pairs, derivation at the end) except that alpha is never updated: the cells stay uniform
+    mixtures of their candidate operations."""
+
+    name: ClassVar[str] = "genseg_frozen"
+    description: ClassVar[str] = ("GenSeg ablation: as genseg, but the architecture weights alpha stay uniform "
+                                  "(no hypergradient updates)")
+
+    def __init__(self, **options: Any):
+        super().__init__(**{"search": False, **options})

@@ -179,6 +179,23 @@ def test_methods_end_to_end_2d(tmp_path, method, segmenter):
         assert pre.history["fit"][0]["steps"] == TINY_OPTS["pretrain_steps"] + 4  # same GAN updates as GenSeg
 
 
+def test_frozen_ablation_trains_like_genseg_but_never_moves_alpha(tmp_path):
+    cases = _cases(n=5)
+    info = DatasetInfo("blobs", {0: "background", 1: "blob"}, "other", 2, 1)
+    ctx = MethodContext(info=info, train=cases[:3], val=cases[3:], segmenter_kwargs=UNET,
+                        train_config=TrainConfig(steps=4, batch_size=2, val_every=2, progress=False), seed=0,
+                        workdir=tmp_path / "run")
+    method = get_method("genseg_frozen", save_search=True, **TINY_OPTS)
+    assert method.opts.search is False and get_method("genseg", **TINY_OPTS).opts.search is True
+    result = method.run(ctx)
+    keys = set().union(*result.history)
+    assert {"gan_d", "gan_l1"} <= keys and "arch_grad_norm" not in keys  # GAN in the loop, no hyper-steps
+    searched = GenSegGenerator.load(tmp_path / "run" / "generator_search")
+    assert searched.net.searchable
+    assert all(float(a.detach().abs().sum()) == 0 for a in searched.net.arch_parameters())
+    assert not GenSegGenerator.load(tmp_path / "run" / "generator").net.searchable  # derived, as in genseg
+
+
 def test_3d_end_to_end(tmp_path):
     cases = _cases((16, 16, 16), n=4)
     info = DatasetInfo("blobs3d", {0: "background", 1: "blob"}, "mri", 3, 1)
