@@ -64,7 +64,8 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
     genseg = {"features": width, "max_features": 8 * width, "disc_features": 2 * width,
               "pretrain_steps": a.pretrain_steps, "arch_every": a.arch_every, "gen_batch_size": a.gen_batch_size,
               "arch_batch_size": a.arch_batch_size, "derive_steps": a.derive_steps,
-              "hypergradient": a.hypergradient, "arch_lr": a.arch_lr}
+              "hypergradient": a.hypergradient, "arch_lr": a.arch_lr,
+              "arch_weight_decay": a.arch_weight_decay}
     opts = {m: dict(genseg) for m in ("genseg", "separate", "genseg_aug", "genseg_frozen")}
     test_data = None
     if a.ood:
@@ -138,7 +139,7 @@ def cost_estimate(records: list[dict[str, Any]], cfg: SweepConfig, gen: dict[str
         per_step = max(0.0, train_s - g["pretrain_seconds"] - g["derive_seconds"]) / cfg.train.steps
         per_gan = g["pretrain_seconds"] / g["pretrain_steps"] if g["pretrain_steps"] else 0.0
         # "separate" trains its generator beforehand for as many GAN steps as GenSeg makes in all
-        gan_full = {"genseg": full_pretrain, "separate": full_pretrain + full_steps}.get(m, 0)
+        gan_full = full_pretrain + full_steps if m == "separate" else full_pretrain if m.startswith("genseg") else 0
         out[m] = {"seconds_per_run": total_s, "train_seconds": train_s, "seconds_per_segmenter_step": per_step,
                   "seconds_per_gan_step": per_gan, **g,
                   "estimated_seconds_full_run": per_step * full_steps + per_gan * gan_full + g["derive_seconds"]
@@ -308,6 +309,8 @@ def main() -> None:
     p.add_argument("--pretrain-steps", type=int, default=300, help="GAN steps before the segmenter starts")
     p.add_argument("--arch-every", type=int, default=2, help="architecture update every K segmenter steps")
     p.add_argument("--arch-lr", type=float, default=3e-4, help="Adam learning rate of alpha (DARTS: 3e-4)")
+    p.add_argument("--arch-weight-decay", type=float, default=1e-3,
+                   help="L2 weight decay of alpha inside Adam (DARTS: 1e-3)")
     p.add_argument("--derive-steps", type=int, default=100)
     p.add_argument("--hypergradient", default="finite_difference", choices=["finite_difference", "exact"])
     p.add_argument("--full-steps", type=int, default=2000, help="segmenter steps of the 'full run' estimate")
