@@ -89,7 +89,10 @@ class GenSegOptions:
             one real and one generated batch of equal size: 0.5).
         gen_every: one GAN update of the generator every this many segmenter steps (0 = none in the loop).
         arch_every: one architecture update every this many segmenter steps.
-        arch_lr, arch_weight_decay: Adam on alpha (betas 0.5, 0.999; DARTS: 3e-4, 1e-3).
+        arch_lr, arch_weight_decay: Adam on alpha (betas 0.5, 0.999; DARTS: 3e-4, 1e-3). Measured at a few
+            hundred segmenter steps: hypergradient entries are ~1e-5, so the L2 term (coupled, as in DARTS)
+            holds alpha within ~0.01 of 0 whatever the learning rate; weight decay 0 lets it move (see
+            benchmarks/README.md for what that did to Dice: nothing measurable).
         arch_batch_size: generated images per hyper-step (the real and validation batches have the same size).
         hypergradient: "finite_difference" (DARTS) or "exact" (double backward).
         fd_eps: relative finite-difference step.
