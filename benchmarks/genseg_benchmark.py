@@ -81,18 +81,22 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
                        title=f"GenSeg on {a.name}: {n_train} train + {n_val} val labels, {a.seeds} seeds")
 
 
+def saved_generator_config(cfg: SweepConfig, method: str, seed: int, folder: str) -> dict[str, Any] | None:
+    """The genseg.json a run saved in ``folder`` (generator_pretrained / generator), or None if there is none."""
+    f = cfg.out / "runs" / run_key(method, cfg.n_values[0], seed) / folder / "genseg.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
 def generator_seconds(cfg: SweepConfig) -> dict[str, dict[str, float]]:
     """Per method: mean seconds and steps of the GAN pre-training and of the derived generator's re-training."""
     out: dict[str, dict[str, float]] = {}
     for m in cfg.methods:
         pre, der = [], []
         for s in cfg.seeds:
-            run = cfg.out / "runs" / run_key(m, cfg.n_values[0], s)
             for folder, bucket, key in (("generator_pretrained", pre, "fit"), ("generator", der, "derive_fit")):
-                f = run / folder / "genseg.json"
-                if f.exists():
-                    hist = json.loads(f.read_text()).get("history", {})
-                    rec = hist.get(key)
+                saved = saved_generator_config(cfg, m, s, folder)
+                if saved is not None:
+                    rec = saved.get("history", {}).get(key)
                     rec = rec[0] if isinstance(rec, list) else rec
                     if rec:
                         bucket.append(rec)
@@ -105,14 +109,14 @@ def generator_seconds(cfg: SweepConfig) -> dict[str, dict[str, float]]:
 def searched_architectures(cfg: SweepConfig) -> dict[str, list[dict[str, Any]]]:
     """Per searching method and seed: the derived genotype and how far softmax(alpha) moved from uniform.
 
-    ``max_shift`` is the largest |w - 1/n_ops| over all cells: 0 means the search changed nothing, and the
-    derived genotype is then decided by ties.
+    ``max_shift`` is the largest |w - 1/n_ops| over all cells, from the weights as saved (4 decimals, so an
+    unmoved alpha reads up to 3e-5): ~0 means the search changed nothing, and the derived genotype is then
+    decided by ties.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     for m in cfg.methods:
         for s in cfg.seeds:
-            f = cfg.out / "runs" / run_key(m, cfg.n_values[0], s) / "generator" / "genseg.json"
-            search = json.loads(f.read_text()).get("search") if f.exists() else None
+            search = (saved_generator_config(cfg, m, s, "generator") or {}).get("search")
             if not search or "weights_up" not in search:
                 continue
             rows = search["weights_down"] + search["weights_up"]

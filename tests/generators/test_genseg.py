@@ -34,6 +34,16 @@ def _cases(shape=(32, 32), n=4, channels=1, k=2):
     return [make_blob_case(f"c{i}", shape, channels=channels, num_classes=k, seed=i) for i in range(n)]
 
 
+def _blob_context(tmp_path, segmenter="unet", segmenter_kwargs=UNET):
+    """A 2D method context: 3 training and 2 validation blob cases, 4 segmenter steps, work in tmp_path/run."""
+    cases = _cases(n=5)
+    info = DatasetInfo("blobs", {0: "background", 1: "blob"}, "other", 2, 1)
+    return MethodContext(info=info, train=cases[:3], val=cases[3:], segmenter=segmenter,
+                         segmenter_kwargs=segmenter_kwargs,
+                         train_config=TrainConfig(steps=4, batch_size=2, val_every=2, progress=False), seed=0,
+                         workdir=tmp_path / "run")
+
+
 def _fitted(shape=(32, 32), channels=1, k=2, steps=2, seed=0):
     gen = GenSegGenerator(**TINY)
     stats = gen.fit(_cases(shape, channels=channels, k=k), seed=seed, steps=steps)
@@ -158,12 +168,8 @@ def test_hook_moves_alpha_and_resumes_exactly(tmp_path):
 
 @pytest.mark.parametrize("method,segmenter", [("genseg", "unet"), ("separate", "unet"), ("genseg", "deeplab")])
 def test_methods_end_to_end_2d(tmp_path, method, segmenter):
-    cases = _cases(n=5)
-    info = DatasetInfo("blobs", {0: "background", 1: "blob"}, "other", 2, 1)
     kw = UNET if segmenter == "unet" else {"aspp_channels": 4}
-    ctx = MethodContext(info=info, train=cases[:3], val=cases[3:], segmenter=segmenter, segmenter_kwargs=kw,
-                        train_config=TrainConfig(steps=4, batch_size=2, val_every=2, progress=False), seed=0,
-                        workdir=tmp_path / "run")
+    ctx = _blob_context(tmp_path, segmenter, kw)
     result = get_method(method, **TINY_OPTS).run(ctx)
     assert result.model(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
     assert 0.0 <= result.best_val_dice <= 1.0
@@ -180,11 +186,7 @@ def test_methods_end_to_end_2d(tmp_path, method, segmenter):
 
 
 def test_frozen_ablation_trains_like_genseg_but_never_moves_alpha(tmp_path):
-    cases = _cases(n=5)
-    info = DatasetInfo("blobs", {0: "background", 1: "blob"}, "other", 2, 1)
-    ctx = MethodContext(info=info, train=cases[:3], val=cases[3:], segmenter_kwargs=UNET,
-                        train_config=TrainConfig(steps=4, batch_size=2, val_every=2, progress=False), seed=0,
-                        workdir=tmp_path / "run")
+    ctx = _blob_context(tmp_path)
     method = get_method("genseg_frozen", save_search=True, **TINY_OPTS)
     assert method.opts.search is False and get_method("genseg", **TINY_OPTS).opts.search is True
     result = method.run(ctx)
@@ -284,10 +286,6 @@ def test_genseg_aug_augments_the_real_pairs(tmp_path, monkeypatch):
     method = get_method("genseg_aug", **TINY_OPTS)
     assert method.opts.augment_real and not get_method("genseg", **TINY_OPTS).opts.augment_real
     assert get_method("genseg_aug", augment_real=False, **TINY_OPTS).opts.augment_real is False
-    cases = _cases(n=5)
-    info = DatasetInfo("blobs", {0: "background", 1: "blob"}, "other", 2, 1)
-    ctx = MethodContext(info=info, train=cases[:3], val=cases[3:], segmenter_kwargs=UNET,
-                        train_config=TrainConfig(steps=4, batch_size=2, val_every=2, progress=False), seed=0,
-                        workdir=tmp_path / "run")
+    ctx = _blob_context(tmp_path)
     result = method.run(ctx)
     assert calls == ["combined"] and "arch_grad_norm" in set().union(*result.history)
