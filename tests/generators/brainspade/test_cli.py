@@ -1,4 +1,4 @@
-"""The brainSPADE command line end to end on a tiny dataset: train, sample (resumable), audit, export."""
+"""brainSPADE commands end to end on a tiny dataset."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from tests.conftest import make_blob_case
 TINY_LABELS = ["--opt", "ae_channels=[16,16]", "--opt", "unet_channels=[16,32]", "--opt", "unet_attention=[false,true]",
                "--opt", "num_head_channels=16", "--opt", "disc_layers=2", "--opt", "ae_batch_size=2",
                "--opt", "latent_copies=1", "--opt", "num_train_timesteps=20", "--opt", "sampling_steps=2"]
+
+
 TINY_IMAGES = ["--opt", "spade_channels=[8,16]", "--opt", "z_dim=4", "--opt", "spade_hidden=8",
                "--opt", "disc_channels=8", "--opt", "spade_batch_size=4", "--opt", "classifier_steps=1"]
 

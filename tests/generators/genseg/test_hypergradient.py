@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from segsynth.errors import ConfigError
-from segsynth.generators.hypergradient import (
+from segsynth.generators.genseg.hypergradient import (
     UnrolledProblem,
     architecture_hypergradient,
     preserved_buffers,

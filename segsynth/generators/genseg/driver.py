@@ -1,0 +1,121 @@
+"""GenSeg's training driver: pre-train, train segmenter + generator with the hook, derive, save."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from segsynth.errors import DataError
+from segsynth.generators.base import MethodContext
+from segsynth.generators.genseg.generator import GenSegGenerator
+from segsynth.generators.genseg.helpers import _rank
+from segsynth.generators.genseg.hook import GenSegHook
+from segsynth.generators.genseg.options import GENSEG_CONFIG, GenSegOptions
+from segsynth.generators.genseg.sources import GeneratedSource
+from segsynth.segment.sources import CaseSource, MixedSource
+from segsynth.segment.train import (
+    TrainConfig,
+    TrainResult,
+    init_distributed_from_env,
+    train_segmenter,
+)
+from segsynth.utils.device import resolve_device
+from segsynth.utils.seed import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+# ================================================================================================ methods
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True, mix: Any = None
+                 ) -> tuple[TrainResult, GenSegGenerator]:
+    """Train a GenSeg (``feedback=True``) or "separate" generator and the segmenter; returns both.
+
+    ``mix`` (``segsynth.segment.synthetic_mix.MixOptions``) builds the segmenter's batches with the shared
+    real + synthetic mixer (generated pairs augmented like the real ones, ``min_fidelity``); None keeps
+    ``synthetic_fraction`` / ``augment_real`` as they are.
+
+    With ``ctx.workdir`` the pre-trained generator, the training checkpoints and the final generator are kept
+    there, and a killed run resumes.
+    """
+    cfg = ctx.train_config or TrainConfig(seed=ctx.seed)
+    k = ctx.info.num_classes
+    device = resolve_device(ctx.device)
+    init_distributed_from_env(device)  # under torchrun: ranks agree on the GAN updates from the start
+    patch = cfg.patch_size
+    train = [c for c in ctx.train if c.mask is not None]
+    if not train:
+        raise DataError("GenSeg needs labelled training cases")
+    in_loop_gan = (cfg.steps // opts.gen_every) if opts.gen_every else 0
+    # "separate" gets as many GAN updates as GenSeg's generator, all before the segmenter starts
+    pre_steps = opts.pretrain_steps + (0 if feedback else in_loop_gan)
+    gen = GenSegGenerator(**opts.generator_kwargs(), fit_steps=pre_steps)
+    gen.build_for(train, k, seed=ctx.seed, device=device, info=ctx.info)
+    key = _fingerprint(asdict(opts), pre_steps, ctx.seed, [c.case_id for c in train], patch, str(gen.spatial_shape))
+    pre_dir = ctx.workdir / "generator_pretrained" if ctx.workdir else None
+    reused = False
+    if pre_dir is not None and (pre_dir / GENSEG_CONFIG).exists():
+        old = GenSegGenerator.load(pre_dir, device)
+        if old.history.get("fit_key") == key:
+            gen, reused = old, True
+            gen.info = ctx.info
+    gen._require().set_fused(opts.fused_cells)
+    if not reused:
+        log.info("genseg: %d GAN steps of the generator (%s) before the segmenter", pre_steps,
+                 "pre-training" if feedback else "separate training")
+        gen.fit(train, device=device, seed=ctx.seed, steps=pre_steps, patch_size=patch, progress=cfg.progress)
+        gen.history["fit_key"] = key
+        if pre_dir is not None and _rank() == 0:
+            gen.save(pre_dir)
+    gen.set_source_masks(train)
+    gen.ensure_seg_term(train, seed=ctx.seed, patch_size=patch)  # a reused pre-trained generator comes without one
+    assert gen.source is not None
+
+    real_aug = None
+    if opts.augment_real:
+        from segsynth.data.transforms import classical_augmentation
+
+        real_aug = classical_augmentation("combined", ctx.info.spatial_dims)
+    real = CaseSource(train, transform=real_aug, patch_size=patch, num_classes=k)
+    synth = GeneratedSource(gen, gen.source, patch_size=patch)
+    if mix is None:
+        source = MixedSource([(real, 1.0 - opts.synthetic_fraction), (synth, opts.synthetic_fraction)])
+    else:  # synthesis stacked with augmentation (segsynth.segment.synthetic_mix)
+        from segsynth.segment.synthetic_mix import mixed_training_source
+
+        source = mixed_training_source(ctx, synth, mix)
+    hooks: list[Any] = []
+    if feedback:
+        val_cases = ctx.val if ctx.val else train
+        if not ctx.val:
+            log.warning("genseg: no validation cases; the architecture follows the training loss instead")
+        hooks.append(GenSegHook(gen, real, gen.source, CaseSource(val_cases, patch_size=patch, num_classes=k),
+                                opts, seed=ctx.seed, gan_real=gen.gan_source(train, patch)))
+    hooks += list(ctx.hooks)  # e.g. a semi-supervised loss on unlabelled images (genseg+fixmatch)
+    model = ctx.build_segmenter()
+    ckpt = ctx.workdir / "checkpoint" if ctx.workdir else None
+    result = train_segmenter(model, source, ctx.val, cfg, num_classes=k, device=device,
+                             checkpoint_dir=ckpt, hooks=hooks)
+    net = gen._require()
+    if feedback and opts.search and net.searchable:
+        gen.history["arch"] = net.arch_summary()
+        log.info("genseg: searched architecture %s", net.arch_summary())
+    if feedback and opts.save_search and ctx.workdir is not None and _rank() == 0:
+        gen.save(ctx.workdir / "generator_search")
+    if opts.save_generator:
+        if feedback:
+            gen.derive()
+            if opts.derive_steps:
+                stats = gen.fit(train, device=device, seed=derive_seed(ctx.seed, "derive"), steps=opts.derive_steps,
+                                patch_size=patch)
+                gen.history["derive_fit"] = stats
+        if ctx.workdir is not None and _rank() == 0:
+            gen.save(ctx.workdir / "generator")
+    return result, gen

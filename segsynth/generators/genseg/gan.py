@@ -1,0 +1,80 @@
+"""GenSeg stage I: Pix2Pix GAN updates of the generator weights (never alpha)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.losses import PatchAdversarialLoss
+
+from segsynth.errors import ConfigError
+from segsynth.generators.genseg.helpers import _average_grads, _frozen
+
+if TYPE_CHECKING:
+    from segsynth.generators.genseg.generator import GenSegGenerator
+
+
+class GanTrainer:
+    """Pix2Pix updates of the generator weights W (never alpha) and the PatchGAN: LSGAN + lambda L1."""
+
+    def __init__(self, gen: GenSegGenerator, lr: float | None = None, betas: tuple[float, float] = (0.5, 0.999)):
+        net = gen._require()
+        if gen.disc is None:
+            raise ConfigError("GAN training needs the discriminator (this generator was saved without one)")
+        self.gen = gen
+        lr = gen.options["gen_lr"] if lr is None else lr
+        self.opt_g = torch.optim.Adam(net.weight_parameters(), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(gen.disc.parameters(), lr=lr, betas=betas)
+        self.adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+        self.lambda_l1 = gen.options["lambda_l1"]
+
+    def generator_loss(self, onehot: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """LSGAN generator term + lambda L1 for already generated ``fake`` (all in [-1, 1]), + the segmentation
+        term (``gen.seg_term``: Dice + CE of a real-pair segmenter on ``fake`` against its mask) when present."""
+        assert self.gen.disc is not None
+        adv = self.adv(self.gen.disc(torch.cat([onehot, fake], 1)), target_is_real=True, for_discriminator=False)
+        l1 = (fake - target).abs().mean()
+        loss, parts = adv + self.lambda_l1 * l1, {"gan_g": float(adv.detach()), "gan_l1": float(l1.detach())}
+        term = self.gen.seg_term
+        if term is not None and term.weight > 0:
+            seg = term.loss(self.gen.from_unit(fake), onehot.argmax(1))
+            loss = loss + term.weight * seg
+            parts["gan_seg"] = float(seg.detach())
+        return loss, parts
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+        """One discriminator and one generator update on real pairs (x images, y label maps, CPU or device)."""
+        gen, net, disc = self.gen, self.gen._require(), self.gen.disc
+        assert disc is not None
+        net.train()
+        disc.train()
+        onehot = gen.encode(y)
+        target = gen.to_unit(x.to(gen.device, onehot.dtype))
+        with _frozen(net.arch_parameters()):
+            fake = net(onehot, generator if net.dropout > 0 else None)
+            # discriminator: real pairs -> 1, generated pairs -> 0
+            pred_real = disc(torch.cat([onehot, target], 1))
+            pred_fake = disc(torch.cat([onehot, fake.detach()], 1))
+            loss_d = 0.5 * (self.adv(pred_real, target_is_real=True, for_discriminator=True)
+                            + self.adv(pred_fake, target_is_real=False, for_discriminator=True))
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            _average_grads(list(disc.parameters()))
+            self.opt_d.step()
+            # generator: fool the (updated) discriminator and stay close to the real image
+            with _frozen(list(disc.parameters())):
+                loss_g, parts = self.generator_loss(onehot, target, fake)
+                self.opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+            _average_grads(net.weight_parameters())
+            self.opt_g.step()
+        if gen.seg_term is not None:
+            gen.seg_term.cotrain_step()  # no-op unless seg_cotrain (real pairs only)
+        return {"gan_d": float(loss_d.detach()), **parts}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])

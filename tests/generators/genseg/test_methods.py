@@ -1,0 +1,93 @@
+"""GenSeg sweep methods end to end on tiny data, and their options."""
+
+import pytest
+import torch
+
+from segsynth.data.case import DatasetInfo
+from segsynth.errors import ConfigError
+from segsynth.generators import get_method
+from segsynth.generators.base import MethodContext
+from segsynth.generators.genseg import (
+    GenSegGenerator,
+    GenSegOptions,
+    train_genseg,
+)
+from segsynth.segment.train import TrainConfig
+from tests.generators.genseg.helpers import TINY_OPTS, UNET, _blob_context, _cases
+
+
+@pytest.mark.parametrize("method,segmenter", [("genseg", "unet"), ("separate", "unet"), ("genseg", "deeplab")])
+def test_methods_end_to_end_2d(tmp_path, method, segmenter):
+    kw = UNET if segmenter == "unet" else {"aspp_channels": 4}
+    ctx = _blob_context(tmp_path, segmenter, kw)
+    result = get_method(method, **TINY_OPTS).run(ctx)
+    assert result.model(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    assert 0.0 <= result.best_val_dice <= 1.0
+    keys = set().union(*result.history)
+    assert {"gan_d", "gan_l1"} <= keys if method == "genseg" else "gan_d" not in keys
+    assert ("arch_grad_norm" in keys) == (method == "genseg")
+    saved = GenSegGenerator.load(tmp_path / "run" / "generator")
+    if method == "genseg":
+        assert not saved.net.searchable and saved.search_record is not None
+    else:  # the ablation never searches: alpha stays at its uniform start
+        assert saved.net.searchable and all(float(a.detach().abs().sum()) == 0 for a in saved.net.arch_parameters())
+        pre = GenSegGenerator.load(tmp_path / "run" / "generator_pretrained")
+        assert pre.history["fit"][0]["steps"] == TINY_OPTS["pretrain_steps"] + 4  # same GAN updates as GenSeg
+
+
+def test_frozen_ablation_trains_like_genseg_but_never_moves_alpha(tmp_path):
+    ctx = _blob_context(tmp_path)
+    method = get_method("genseg_frozen", save_search=True, **TINY_OPTS)
+    assert method.opts.search is False and get_method("genseg", **TINY_OPTS).opts.search is True
+    result = method.run(ctx)
+    keys = set().union(*result.history)
+    assert {"gan_d", "gan_l1"} <= keys and "arch_grad_norm" not in keys  # GAN in the loop, no hyper-steps
+    searched = GenSegGenerator.load(tmp_path / "run" / "generator_search")
+    assert searched.net.searchable
+    assert all(float(a.detach().abs().sum()) == 0 for a in searched.net.arch_parameters())
+    assert not GenSegGenerator.load(tmp_path / "run" / "generator").net.searchable  # derived, as in genseg
+
+
+def test_3d_end_to_end(tmp_path):
+    cases = _cases((16, 16, 16), n=4)
+    info = DatasetInfo("blobs3d", {0: "background", 1: "blob"}, "mri", 3, 1)
+    ctx = MethodContext(info=info, train=cases[:2], val=cases[2:], segmenter="dynunet",
+                        segmenter_kwargs={"levels": 3, "filters": (4, 8, 8)},
+                        train_config=TrainConfig(steps=2, batch_size=2, val_every=2, progress=False), seed=0,
+                        workdir=tmp_path / "run")
+    result, gen = train_genseg(ctx, GenSegOptions(**TINY_OPTS, arch_every=1, save_generator=False))
+    assert result.model(torch.zeros(1, 1, 16, 16, 16)).shape[:2] == (1, 2)
+    assert gen.net.spatial_dims == 3 and any(float(a.detach().abs().sum()) > 0 for a in gen.net.arch_parameters())
+
+
+def test_options_are_checked_early():
+    with pytest.raises(ConfigError, match="unknown genseg options"):
+        get_method("genseg", n_synthetic=10)
+    with pytest.raises(ConfigError, match="hypergradient"):
+        get_method("genseg", hypergradient="implicit")
+    with pytest.raises(ConfigError, match="mask augmentation"):
+        get_method("separate", augment={"rotation": 3})
+    with pytest.raises(ConfigError, match="synthetic_fraction"):
+        GenSegOptions(synthetic_fraction=1.0)
+
+
+def test_genseg_aug_augments_the_real_pairs(tmp_path, monkeypatch):
+    import segsynth.data.transforms as transforms
+
+    calls = []
+    real = transforms.classical_augmentation
+
+    def spy(kind="combined", spatial_dims=2, flip=False):
+        calls.append(kind)
+        return real(kind, spatial_dims, flip)
+
+    monkeypatch.setattr(transforms, "classical_augmentation", spy)
+    method = get_method("genseg_aug", **TINY_OPTS)
+    assert method.opts.augment_real and not get_method("genseg", **TINY_OPTS).opts.augment_real
+    assert get_method("genseg_aug", augment_real=False, **TINY_OPTS).opts.augment_real is False
+    ctx = _blob_context(tmp_path)
+    result = method.run(ctx)
+    # the hook's real pairs and the segmenter's mixed batches (real and generated pairs alike) are augmented
+    assert calls and set(calls) == {"combined"} and "arch_grad_norm" in set().union(*result.history)
+    assert method.mix.augment_real and method.mix.synthetic_augmented
+    assert not get_method("genseg_aug", augment_synthetic=False, **TINY_OPTS).mix.synthetic_augmented
