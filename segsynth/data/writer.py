@@ -7,7 +7,9 @@ Output (a "pairs" layout)::
                           segsynth: {normalise, spatial_dims, in_channels, format}
       provenance.jsonl    one line per case: case_id, files, and the case's meta
       images/<case_id>.png | .nii.gz
-      masks/<case_id>.png  | .nii.gz   (contiguous class ids as stored values)
+      masks/<case_id>.png  | .nii.gz   (the source's raw mask values: ``info.extra["value_map"]``, raw value ->
+                                        class id, as ``load_dataset`` records it; 0/255 in, 0/255 out. Without
+                                        one, the contiguous class ids)
 
 Streaming and resume: ``add`` writes the two files of a case at once (each atomically) into a hidden
 partial folder ``.<out_dir name>.partial`` beside ``out_dir`` and then appends its line to
@@ -54,6 +56,19 @@ def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(meta, default=default))
 
 
+def raw_values_of(info: DatasetInfo) -> dict[int, int]:
+    """class id -> the raw mask value the source dataset stores for it (``info.extra["value_map"]`` inverted),
+    or {} when the info has no usable map (then masks are written as class ids)."""
+    vmap = (info.extra or {}).get("value_map") or {}
+    try:
+        inv = {int(cid): int(raw) for raw, cid in vmap.items()}
+    except (TypeError, ValueError):
+        return {}
+    if sorted(inv) != sorted(info.labels) or len(set(inv.values())) != len(inv) or min(inv.values(), default=0) < 0:
+        return {}
+    return inv
+
+
 class DatasetWriter:
     """Stream cases into a dataset folder; resumable; the folder appears whole on ``close()``.
 
@@ -86,10 +101,12 @@ class DatasetWriter:
         self.name = name or info.name
         self.overwrite = overwrite
         self.fmt = self._resolve_fmt(fmt)
+        self.raw_values = raw_values_of(info)
         self.partial = self.out_dir.parent / f".{self.out_dir.name}.partial"
         self._closed = False
         if self.out_dir.exists() and not overwrite:
-            raise DataError("output folder already exists (choose another or allow overwrite)", self.out_dir)
+            raise DataError("output folder already exists; choose another, or --overwrite replaces it "
+                            "(overwrite=True in Python)", self.out_dir)
         self._open(resume)
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -107,7 +124,8 @@ class DatasetWriter:
 
     def _state(self) -> dict[str, Any]:
         return {"labels": {str(k): v for k, v in self.info.labels.items()}, "modality": self.info.modality,
-                "spatial_dims": self.info.spatial_dims, "in_channels": self.info.in_channels, "fmt": self.fmt}
+                "spatial_dims": self.info.spatial_dims, "in_channels": self.info.in_channels, "fmt": self.fmt,
+                "raw_values": {str(k): v for k, v in sorted(self.raw_values.items())}}
 
     def _open(self, resume: bool) -> None:
         state_path = self.partial / "writer_state.json"
@@ -189,11 +207,32 @@ class DatasetWriter:
         else:
             image = case.image.astype(np.float32)
         write_image(self.partial / image_rel, image, file_meta)
-        write_mask(self.partial / mask_rel, case.mask, file_meta)
+        write_mask(self.partial / mask_rel, self._to_raw(case.mask), file_meta)
         record = {"case_id": cid, "image": image_rel, "mask": mask_rel, "meta": _json_safe(dict(case.meta))}
         append_jsonl(self.partial / "provenance.jsonl", record)
         self._records[cid] = record
         return True
+
+    def take_written(self, src: str | Path, record: dict[str, Any]) -> bool:
+        """Adopt a case another writer with the same info and format wrote under ``src`` (its provenance
+        ``record``): its files are moved here, not decoded and written again (merging synthesis shards)."""
+        cid = str(record["case_id"])
+        if self.has(cid):
+            return False
+        for key in ("image", "mask"):
+            rel = Path(record[key])
+            if rel.parts[0] not in ("images", "masks") or ".." in rel.parts or rel.suffix != Path(self._suffix).suffix:
+                raise DataError(f"case {cid}: unexpected file {rel} in a shard's provenance", src)
+            os.replace(Path(src) / rel, self.partial / rel)
+        append_jsonl(self.partial / "provenance.jsonl", record)
+        self._records[cid] = record
+        return True
+
+    def _to_raw(self, mask: np.ndarray) -> np.ndarray:
+        if not self.raw_values:
+            return mask
+        lut = np.array([self.raw_values[i] for i in range(max(self.raw_values) + 1)], dtype=np.int64)
+        return lut[mask]
 
     # ------------------------------------------------------------------------------------------ finishing
 
@@ -207,7 +246,7 @@ class DatasetWriter:
         return {
             "name": self.name,
             "modality": self.info.modality,
-            "mask_values": {str(k): v for k, v in sorted(self.info.labels.items())},
+            "mask_values": {str(self.raw_values.get(k, k)): v for k, v in sorted(self.info.labels.items())},
             "numPairs": len(pairs),
             "pairs": pairs,
             "synthetic": _json_safe(self.provenance),

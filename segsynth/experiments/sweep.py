@@ -23,7 +23,8 @@ import torch
 from segsynth.data.case import Case, LoadedDataset
 from segsynth.errors import ConfigError, DataError
 from segsynth.evaluate.metrics import case_metrics, case_spacing
-from segsynth.generators import get_method
+from segsynth.experiments.executors import check_executor, make_executor
+from segsynth.generators import METHODS, get_method
 from segsynth.generators.base import MethodContext
 from segsynth.segment.inference import predict
 from segsynth.segment.train import TrainConfig
@@ -54,6 +55,23 @@ class SweepConfig:
     sample_predictions: int = 3
     title: str | None = None
     report: bool = True
+    executor: str = "local"            # "local" (in this process) or "ray" (one Ray task per run)
+    ray_address: str | None = None     # a running Ray cluster; None starts a local Ray instance
+    cpus_per_run: float = 1.0          # Ray resource request of each run
+    gpus_per_run: float = 0.0
+    max_retries: int = 3               # Ray: restarts of a run whose worker died (it resumes from its checkpoint)
+    fidelity: bool = True              # label fidelity of generator methods' pairs (segsynth.evaluate.fidelity)
+    fidelity_pairs: int = 100          # synthetic pairs scored per generator run
+
+
+@dataclass
+class SeedData:
+    """The preprocessed cases the runs of one seed need (shipped once to Ray's object store)."""
+
+    train: list[Case]                  # the n_max training cases, nested: run N trains on first_n(train, N)
+    val: list[Case]
+    unlabelled: list[Case]
+    test_sets: list[tuple[str, list[Case]]]
 
 
 def run_key(method: str, n: int, seed: int) -> str:
@@ -113,6 +131,21 @@ def drop_shared_cases(data: LoadedDataset, test: LoadedDataset, test_root: Path 
     return dataclasses.replace(data, cases=kept)
 
 
+def drop_labelled_ids(unlabelled: Sequence[Case], labelled: Sequence[Case], root: Path | str | None) -> list[Case]:
+    """Leave out unlabelled images whose id (``meta["volume_id"]`` or ``case_id``) names a labelled case of the
+    split: ``--unlabelled`` pointed at the labelled dataset itself must not bring the test (or validation, or
+    training) images back in as unlabelled ones."""
+    def key(c: Case) -> str:
+        return str(c.meta.get("volume_id", c.case_id))
+
+    taken = {key(c) for c in labelled}
+    kept = [c for c in unlabelled if key(c) not in taken]
+    if len(kept) < len(unlabelled):
+        log.info("%d unlabelled image(s) of %s are cases of the labelled split (training, validation or test): "
+                 "left out of the unlabelled images", len(unlabelled) - len(kept), root)
+    return kept
+
+
 def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Run (or resume) a sweep; returns all records in results.jsonl and writes the report."""
     from segsynth.data.splits import split_cases
@@ -121,16 +154,20 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         raise ConfigError("a sweep needs at least one method, one N and one seed")
     for m in cfg.methods:
         get_method(m, **cfg.method_options.get(m, {}))  # fail early on unknown names/options
-    device = resolve_device(cfg.device)
+    check_executor(cfg.executor)
+    if cfg.executor == "local":
+        resolve_device(cfg.device)  # fail before loading data on a device this machine lacks (Ray: on workers)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     data, external, extra_unlabelled = load_for_sweep(cfg)
+    out.mkdir(parents=True, exist_ok=True)  # after the data loaded: bad data leaves no empty --out behind
     info = data.info
     done = {(r["method"], r["n_train"], r["seed"], r["test_set"]) for r in read_jsonl(results_path)
             if r.get("status") == "ok"}
     n_max = max(cfg.n_values)
     total = len(cfg.methods) * len(cfg.n_values) * len(cfg.seeds)
+    jobs: list[tuple[str, int, int]] = []
+    seed_data: dict[int, SeedData] = {}
     k = 0
     for seed in cfg.seeds:
         split = split_cases(data.cases, n_train=n_max, n_val=cfg.n_val, seed=seed, n_test=cfg.n_test)
@@ -138,22 +175,19 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         if external is not None:
             test_sets.append((external.info.name or Path(cfg.test_data).name, external.cases))
         unlabelled = [Case(c.case_id, c.image, None, dict(c.meta)) for c in split.pool]
-        unlabelled += extra_unlabelled
+        labelled = split.train + split.val + split.test + (external.cases if external is not None else [])
+        unlabelled += drop_labelled_ids(extra_unlabelled, labelled, cfg.unlabelled_data)
         if cfg.max_unlabelled is not None:
             unlabelled = unlabelled[: cfg.max_unlabelled]
         for n in cfg.n_values:
-            train = first_n(split.train, n)
             for method_name in cfg.methods:
                 k += 1
                 if all((method_name, n, seed, name) in done for name, _ in test_sets):
                     log.info("[%d/%d] %s N=%d seed=%d: done already", k, total, method_name, n, seed)
                     continue
-                log.info("[%d/%d] %s N=%d seed=%d: training on %d cases", k, total, method_name, n, seed,
-                         len(train))
-                records = _one_run(cfg, info, method_name, n, seed, train, split.val, unlabelled, test_sets,
-                                   device, out)
-                for r in records:
-                    append_jsonl(results_path, r)
+                jobs.append((method_name, n, seed))
+                seed_data[seed] = SeedData(split.train, split.val, unlabelled, test_sets)
+    _execute(cfg, info, jobs, seed_data, results_path, out, total - len(jobs), total)
     records = read_jsonl(results_path)
     if cfg.report:
         from segsynth.experiments.report import write_report
@@ -162,6 +196,76 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         write_report(records, out, title=cfg.title or f"segsynth sweep on {info.name}", baseline="none"
                      if "none" in cfg.methods else cfg.methods[0], sample_images=samples)
     return records
+
+
+def _execute(cfg: SweepConfig, info, jobs: list[tuple[str, int, int]], seed_data: dict[int, SeedData],
+             results_path: Path, out: Path, n_done: int, total: int) -> None:
+    """Run the jobs on the configured executor; only this (driver) process appends to results.jsonl."""
+    if not jobs:
+        return
+    run_cfg = cfg
+    if cfg.executor != "local":  # parallel runs: no interleaved progress bars; the driver logs each result
+        run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+    with make_executor(cfg.executor, address=cfg.ray_address, cpus=cfg.cpus_per_run, gpus=cfg.gpus_per_run,
+                       max_retries=cfg.max_retries) as ex:
+        shared = {seed: ex.share(d) for seed, d in seed_data.items()}
+        calls = [(run_cfg, info, m, n, seed, shared[seed], out, dict(METHODS)) for m, n, seed in jobs]
+        for i, records, error in ex.run(run_job, calls):
+            m, n, seed = jobs[i]
+            if error is not None:  # the worker died more often than max_retries: recorded like a failed run
+                records = _failed_records(_record_base(cfg, info, m, n, seed, seed_data[seed]), error,
+                                          seed_data[seed].test_sets, tb="")
+            for r in records:
+                append_jsonl(results_path, r)
+            n_done += 1
+            dice = next((r.get("dice_mean") for r in records if r.get("status") == "ok"), None)
+            log.info("[%d/%d] %s N=%d seed=%d: %s", n_done, total, m, n, seed,
+                     f"Dice {dice:.3f}" if dice is not None else records[0].get("error", "failed"))
+
+
+def run_job(cfg: SweepConfig, info, method_name: str, n: int, seed: int, data: SeedData, out: Path,
+            methods: dict[str, str] | None = None) -> list[dict]:
+    """One (method, N, seed) run, wherever it executes: a pure function of the data, the options and (method,
+    N, seed). Global random state is seeded from the run's identity for the run's duration, so neither the
+    runs before it in this process nor the executor change its numbers.
+
+    ``methods``: the driver's method registry (methods registered at run time exist on Ray workers too).
+    """
+    from segsynth.utils.seed import derive_seed, seeded_scope
+
+    if methods:
+        METHODS.update(methods)
+    device = resolve_device(cfg.device)
+    data = _writable(data)
+    train = first_n(data.train, n)
+    log.info("%s N=%d seed=%d: training on %d cases", method_name, n, seed, len(train))
+    with seeded_scope(derive_seed("sweep-run", method_name, n, seed)):
+        return _one_run(cfg, info, method_name, n, seed, train, data.val, data.unlabelled, data.test_sets,
+                        device, out)
+
+
+def _writable(data: SeedData) -> SeedData:
+    """Cases read from Ray's object store hold read-only arrays; runs get their own writable copies."""
+    def fix(cases: list[Case]) -> list[Case]:
+        if all(c.image.flags.writeable and (c.mask is None or c.mask.flags.writeable) for c in cases):
+            return cases
+        return [Case(c.case_id, np.array(c.image), None if c.mask is None else np.array(c.mask), dict(c.meta))
+                for c in cases]
+
+    return SeedData(fix(data.train), fix(data.val), fix(data.unlabelled),
+                    [(name, fix(cases)) for name, cases in data.test_sets])
+
+
+def _record_base(cfg: SweepConfig, info, method_name: str, n: int, seed: int, data: SeedData) -> dict[str, Any]:
+    train = first_n(data.train, n)
+    return {"dataset": info.name, "method": method_name, "n_train": n, "seed": seed, "segmenter": cfg.segmenter,
+            "labels": {str(k): v for k, v in info.labels.items() if k != 0}, "n_train_cases": len(train),
+            "train_ids": _unit_ids(train), "val_ids": _unit_ids(data.val)}
+
+
+def _failed_records(base: dict[str, Any], e: BaseException, test_sets, tb: str) -> list[dict[str, Any]]:
+    return [{**base, "test_set": name, "status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": tb}
+            for name, _ in test_sets]
 
 
 def _unit_ids(cases: Sequence[Case]) -> list[str]:
@@ -175,9 +279,7 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
 
     from segsynth.experiments.overlays import save_overlay
 
-    base = {"dataset": info.name, "method": method_name, "n_train": n, "seed": seed, "segmenter": cfg.segmenter,
-            "labels": {str(k): v for k, v in info.labels.items() if k != 0}, "n_train_cases": len(train),
-            "train_ids": _unit_ids(train), "val_ids": _unit_ids(val)}
+    base = _record_base(cfg, info, method_name, n, seed, SeedData(train, val, unlabelled, test_sets))
     workdir = out / "runs" / run_key(method_name, n, seed)
     reset_peak_memory(device)
     t0 = time.perf_counter()
@@ -192,8 +294,7 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         raise
     except Exception as e:  # one failed method must not sink the sweep; it is recorded and reported
         log.error("%s N=%d seed=%d failed: %s", method_name, n, seed, e)
-        return [{**base, "test_set": name, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                 "traceback": traceback.format_exc()[-2000:]} for name, _ in test_sets]
+        return _failed_records(base, e, test_sets, traceback.format_exc()[-2000:])
     train_seconds = time.perf_counter() - t0
     records = []
     for name, cases in test_sets:
@@ -205,9 +306,10 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
             m = case_metrics(pred, c.mask, info.labels, spacing=case_spacing(c))
             vid = c.meta.get("volume_id")  # slices of one volume are one unit for the paired tests
             per_case.append({"case_id": c.case_id, **({"volume_id": str(vid)} if vid is not None else {}), **m})
-            if seed == cfg.seeds[0] and n == max(cfg.n_values) and i in show:
+            if seed == cfg.seeds[0] and n in (min(cfg.n_values), max(cfg.n_values)) and i in show:
                 save_overlay(c.image, c.mask, pred, out / "samples" / f"{name}_{method_name}_n{n}_{c.case_id}.png",
-                             title=f"{method_name}, N={n}, {name}: {c.case_id}, Dice {m['dice_mean']:.3f}")
+                             title=f"{method_name}, N={n}, {name}: {c.case_id}, Dice {m['dice_mean']:.3f}",
+                             labels=info.labels)
         dice = [p["dice_mean"] for p in per_case]
         hd = [p["hd95_mean"] for p in per_case if p.get("hd95_mean") is not None]
         records.append({**base, "test_set": name, "status": "ok", "val_dice": result.best_val_dice,
@@ -216,14 +318,39 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
                         "device": str(device), "dice_mean": float(np.mean(dice)) if dice else None,
                         "hd95_mean": float(np.mean(hd)) if hd else None, "n_test": len(cases),
                         "per_case": per_case})
+    if cfg.fidelity:  # after the timings: its cost (maybe one reference training) is recorded on its own
+        fid = _fidelity(cfg, method, ctx, result, out, run_key(method_name, n, seed) if seed == cfg.seeds[0] else None)
+        if fid is not None:
+            records = [{**r, "label_fidelity": fid} for r in records]
     return records
+
+
+def _fidelity(cfg: SweepConfig, method, ctx: MethodContext, result, out: Path, montage: str | None) -> dict | None:
+    """The ``label_fidelity`` field of a generator run (None otherwise); a failure is recorded, never fatal."""
+    from segsynth.evaluate.fidelity import makes_synthetic_pairs, sweep_fidelity
+
+    if not any(makes_synthetic_pairs(get_method(m, **cfg.method_options.get(m, {}))) for m in cfg.methods):
+        return None  # no generator in this sweep: no reference to keep
+    try:
+        return sweep_fidelity(method, ctx, result, out=out, augment_options=cfg.method_options.get("augment", {}),
+                              n_pairs=cfg.fidelity_pairs, montage_name=montage)
+    except (KeyboardInterrupt, DataError, ConfigError):
+        raise
+    except Exception as e:
+        log.error("label fidelity of %s failed: %s", ctx.workdir, e)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def print_summary(records: list[dict[str, Any]], out: Path) -> None:
     """The terminal view of a sweep: a Dice table per test set, then where the report is."""
     from segsynth.experiments.report import format_table
+    from segsynth.experiments.verdict import verdict_sentences
 
     print(format_table(records))
+    sentences = verdict_sentences(records)
+    if sentences:
+        print("\nVerdict (paired Wilcoxon over test cases; helped = mean difference > 0 and p < 0.05):")
+        print("\n".join(f"  {t}" for t in sentences))
     report = Path(out) / "report.html"
     if report.exists():
         print(f"\nHTML report: {report}")

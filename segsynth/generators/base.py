@@ -56,13 +56,24 @@ class MethodContext:
     device: torch.device = torch.device("cpu")
     workdir: Path | None = None       # per-run folder for checkpoints and fitted generators
     options: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {"n_synthetic": 200}
+    # extra training-loop hooks a method passes on to train_segmenter (semi-supervised losses, see
+    # segsynth.generators.semi_supervised): a method that trains through the one loop adds them to its own
+    hooks: list[Any] = field(default_factory=list)
 
     def build_segmenter(self) -> torch.nn.Module:
-        from segsynth.nets.segmenters import build_segmenter
+        """The segmenter with initial weights drawn from ``derive_seed(seed, "segmenter-init")``.
 
-        return build_segmenter(self.segmenter, spatial_dims=self.info.spatial_dims,
-                               in_channels=self.info.in_channels, out_channels=self.info.num_classes,
-                               **self.segmenter_kwargs)
+        Never from the process-wide RNG: a run's initial weights must not depend on what ran before it in the
+        process (earlier runs of a sweep, a resume, another executor). Every method of one seed starts from
+        the same weights (common random numbers make the paired comparison sharper).
+        """
+        from segsynth.nets.segmenters import build_segmenter
+        from segsynth.utils.seed import derive_seed, seeded_scope
+
+        with seeded_scope(derive_seed(self.seed, "segmenter-init")):
+            return build_segmenter(self.segmenter, spatial_dims=self.info.spatial_dims,
+                                   in_channels=self.info.in_channels, out_channels=self.info.num_classes,
+                                   **self.segmenter_kwargs)
 
 
 class Method:
@@ -79,6 +90,12 @@ class Method:
 
         return CaseSource(ctx.train, patch_size=ctx.train_config.patch_size if ctx.train_config else None)
 
+    def synthetic_source(self, ctx: MethodContext) -> PairSource | None:
+        """The method's synthetic pairs alone, unaugmented, as its segmenter trains on them (after ``run``);
+        None for methods that make none. Label fidelity (``segsynth.evaluate.fidelity``) draws from it, and
+        ``segsynth.segment.synthetic_mix`` mixes it with the real pairs."""
+        return None
+
     def run(self, ctx: MethodContext) -> TrainResult:
         from segsynth.segment.train import train_segmenter
 
@@ -86,4 +103,4 @@ class Method:
         source = self.training_source(ctx)
         ckpt = ctx.workdir / "checkpoint" if ctx.workdir else None
         return train_segmenter(model, source, ctx.val, ctx.train_config, num_classes=ctx.info.num_classes,
-                               device=ctx.device, checkpoint_dir=ckpt)
+                               device=ctx.device, checkpoint_dir=ckpt, hooks=list(ctx.hooks))

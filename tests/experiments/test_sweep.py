@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from segsynth.data.preprocess import PreprocessSpec
 from segsynth.experiments.sweep import SweepConfig, first_n, run_sweep
 from segsynth.generators import METHODS
@@ -30,6 +32,8 @@ def test_sweep_records_report_and_resume(tmp_path):
     html = (out / "report.html").read_text()
     assert "none" in html and "augment" in html and "data:image/png;base64" in html
     assert list((out / "samples").glob("*.png"))
+    names = [p.name for p in (out / "samples").glob("*.png")]
+    assert any("_n1_" in n for n in names) and any("_n2_" in n for n in names)  # the smallest N is shown too
     # a rerun repeats nothing: same records, no new lines
     before = (out / "results.jsonl").read_text()
     run_sweep(_cfg(data, out))
@@ -88,3 +92,43 @@ def test_first_n_keeps_volumes_whole():
             c.meta["volume_id"] = f"v{v}"
             cases.append(c)
     assert [c.case_id for c in first_n(cases, 2)] == ["v0_s0", "v0_s1", "v1_s0", "v1_s1"]
+
+
+TIMING = ("seconds", "train_seconds", "peak_memory_mb")
+
+
+def cells(records) -> dict:
+    """Records by (method, N, seed, test set), without the fields that measure time or memory."""
+    return {(r["method"], r["n_train"], r["seed"], r["test_set"]): {k: v for k, v in r.items() if k not in TIMING}
+            for r in records}
+
+
+@pytest.mark.slow
+def test_runs_do_not_depend_on_what_ran_before(tmp_path):
+    """A run is a pure function of (data, method, options, N, seed): an interrupted-and-resumed sweep, one
+    cell run alone and a reversed run order all give the records of the uninterrupted sweep."""
+    import torch
+
+    data = write_png_dataset(tmp_path / "d", n=10)
+    kw = dict(n_values=[1], sample_predictions=0, report=False)
+    full = cells(run_sweep(_cfg(data, tmp_path / "full", **kw)))
+    assert len(full) == 4
+    # reversed order ("killed" after seed 1), resumed later in a process whose global RNG has moved on
+    run_sweep(_cfg(data, tmp_path / "resumed", methods=["augment", "none"], seeds=[1], **kw))
+    torch.rand(1000)
+    assert cells(run_sweep(_cfg(data, tmp_path / "resumed", methods=["augment", "none"], seeds=[1, 0], **kw))) == full
+    # one cell alone
+    alone = cells(run_sweep(_cfg(data, tmp_path / "alone", methods=["augment"], seeds=[1], **kw)))
+    assert alone == {k: v for k, v in full.items() if k[0] == "augment" and k[2] == 1}
+
+
+def test_executor_ray_without_ray_says_how_to_install(png_dataset, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from segsynth.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    code = main(["sweep", "--data", str(png_dataset), "--out", str(tmp_path / "s"), "--executor", "ray", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "pip install 'segsynth[ray]'" in err
+    assert not (tmp_path / "s" / "results.jsonl").exists()
