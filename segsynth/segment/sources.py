@@ -6,7 +6,10 @@ generated images are all PairSources, so every method shares one training loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -21,6 +24,16 @@ from segsynth.errors import DataError
 class PairSource(Protocol):
     def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch (x float (B, C, *S), y long (B, *S)) on the CPU."""
+
+
+def prefetchable(source: Any) -> bool:
+    """Whether ``source.draw`` may run ahead of the training step on another thread.
+
+    Only sources that say so (``prefetchable = True``): a source whose batches depend on something the step
+    changes (GenSeg's generator, updated by its hook after each step) must draw on the training thread, or its
+    batches would come from stale weights.
+    """
+    return bool(getattr(source, "prefetchable", False))
 
 
 class CaseSource:
@@ -51,6 +64,8 @@ class CaseSource:
         self.num_classes = num_classes or int(max(int(m.max()) for m in self.masks)) + 1
         self.foreground_fraction = foreground_fraction
 
+    prefetchable = True  # fixed cases and transforms: a batch depends only on the generator
+
     def __len__(self) -> int:
         return len(self.images)
 
@@ -78,6 +93,7 @@ class MixedSource:
         self.sources = [s for s, _ in sources]
         w = torch.tensor([float(w) for _, w in sources])
         self.weights = w / w.sum()
+        self.prefetchable = all(prefetchable(s) for s in self.sources)
 
     def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         choice = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
@@ -89,6 +105,91 @@ class MixedSource:
                 xs.extend(x)
                 ys.extend(y)
         return collate(xs, ys)
+
+
+class Prefetcher:
+    """The batches ``source.draw(batch_size, generator)`` would give, ``count`` of them, drawn ahead.
+
+    With ``depth > 0`` (and a ``prefetchable`` source) a daemon thread draws up to ``depth`` batches ahead into a
+    bounded queue while the training thread computes; otherwise each batch is drawn when asked for. Either way
+    the batches and their order are exactly those of calling ``draw`` in a loop with ``generator``, which the
+    prefetcher owns from then on: ``state`` is the generator state just after the last batch handed out, what
+    a checkpoint saves so that a resumed run draws the next batch. ``wait_s`` adds up the time the training
+    thread spent waiting for batches (drawing them, without prefetching). Use it as a context manager (or call
+    ``close``) so the thread stops when training ends early.
+
+    Args:
+        pin_memory: pin batches in page-locked memory (for asynchronous copies to a GPU).
+    """
+
+    def __init__(self, source: PairSource, batch_size: int, generator: torch.Generator, count: int,
+                 depth: int = 2, pin_memory: bool = False):
+        self.source, self.batch_size, self.generator = source, int(batch_size), generator
+        self.count, self.pin_memory = int(count), bool(pin_memory)
+        self.depth = int(depth) if prefetchable(source) else 0
+        self.state = generator.get_state()
+        self.wait_s = 0.0
+        self._given = 0
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, self.depth))
+        self._thread: threading.Thread | None = None
+        if self.depth > 0 and self.count > 0:
+            self._thread = threading.Thread(target=self._work, name="segsynth-prefetch", daemon=True)
+            self._thread.start()
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = self.source.draw(self.batch_size, self.generator)
+        if self.pin_memory:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y, self.generator.get_state()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for _ in range(self.count):
+                if self._stop.is_set() or not self._put(("batch", self._draw())):
+                    return
+        except BaseException as e:  # handed to the training thread, raised there
+            self._put(("error", e))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._given >= self.count:
+            raise StopIteration
+        t0 = time.perf_counter()
+        if self._thread is None:
+            x, y, state = self._draw()
+        else:
+            kind, item = self._queue.get()
+            if kind == "error":
+                raise item
+            x, y, state = item
+        self.wait_s += time.perf_counter() - t0
+        self._given += 1
+        self.state = state
+        return x, y
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def collate(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

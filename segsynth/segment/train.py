@@ -1,6 +1,12 @@
 """The one training loop: any PairSource in, the best segmenter on the validation cases out.
 
-* Dice + cross-entropy, AdamW, cosine learning-rate decay, optional AMP on CUDA.
+* Dice + cross-entropy, AdamW, cosine learning-rate decay.
+* ``precision``: ``auto`` trains (and validates) under bf16 autocast where the device runs it fast (CUDA with
+  bf16, a CPU with AMX / avx512_bf16) and in fp32 elsewhere; ``fp32`` / ``bf16`` force it. Losses and metrics
+  are computed in fp32. The choice is logged and returned in ``TrainResult.precision``.
+* Batches are drawn ``prefetch`` steps ahead on a background thread (``Prefetcher``) when the source allows
+  it; the batches are the same as drawing on the training thread. ``TrainResult.data_wait_fraction`` is the
+  share of step time the loop waited for data.
 * Validation Dice every ``val_every`` steps selects the best weights (never the test cases).
 * Checkpoints are written atomically and loaded with ``torch.load(weights_only=True)``; a run killed at any
   point resumes from its last checkpoint and ends exactly as an uninterrupted run would.
@@ -8,7 +14,9 @@
   own batches (seeded by rank), rank 0 validates and checkpoints, and the best weights are broadcast.
 * Methods that train something beside the segmenter (GenSeg's generator and architecture) plug in through
   ``hooks``: ``after_step(state)`` runs after each segmenter update, and a hook's ``state_dict()`` is saved
-  in the same checkpoint.
+  in the same checkpoint. A hook with ``extra_loss(net, step, device)`` adds a term to the step's loss before
+  backward (computed inside the same autocast; ``net`` is the DDP-wrapped model when distributed): the
+  semi-supervised methods' unlabelled losses. ``loss`` in the history stays the supervised loss.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from segsynth.data.case import Case
+from segsynth.errors import ConfigError
 from segsynth.segment.inference import predict
 from segsynth.segment.losses import dice_ce_loss, soft_dice_per_class
-from segsynth.segment.sources import PairSource
+from segsynth.segment.sources import PairSource, Prefetcher
 from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from segsynth.utils.files import atomic_path
+from segsynth.utils.precision import PRECISIONS, autocast, describe_precision, resolve_precision
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -51,13 +61,30 @@ class TrainConfig:
     warmup_steps: int = 0
     patch_size: tuple[int, ...] | None = None
     seed: int = 0
-    amp: bool = False
+    amp: bool = False  # the former CUDA-only switch (bf16 on CUDA, fp32 on CPU); kept so old configs load
     progress: bool = True
     grad_clip: float | None = 12.0
+    precision: str = "fp32"  # auto | fp32 | bf16 (see segsynth.utils.precision)
+    prefetch: int = 2  # batches drawn ahead on a background thread; 0 draws on the training thread
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
+
+    def autocast_dtype(self, device: torch.device | str) -> torch.dtype | None:
+        """The autocast dtype on ``device``: bf16 or None (fp32)."""
+        if self.amp and self.precision == "fp32":  # an old config's amp=True: bf16 on CUDA only
+            return torch.bfloat16 if torch.device(device).type == "cuda" else None
+        return resolve_precision(self.precision, device)
 
     def fingerprint(self) -> str:
         d = asdict(self)
-        d.pop("progress")
+        for k in ("progress", "prefetch"):  # neither changes what is trained
+            d.pop(k)
+        if d["precision"] == "fp32":  # checkpoints written before the field existed still resume
+            d.pop("precision")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -76,6 +103,8 @@ class StepState:
 class TrainHook(Protocol):
     def after_step(self, state: StepState) -> dict[str, float] | None: ...
 
+    # optional: def extra_loss(self, net, step, device) -> torch.Tensor | None (added to the loss before backward)
+
 
 @dataclass
 class TrainResult:
@@ -86,6 +115,9 @@ class TrainResult:
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
     steps: int = 0
+    precision: str = "fp32"
+    data_wait_s: float = 0.0  # time the training thread waited for batches (this session)
+    data_wait_fraction: float = 0.0  # data_wait_s / time in training steps (validation not counted)
 
 
 def is_distributed() -> bool:
@@ -108,11 +140,13 @@ def _rank() -> int:
 
 
 def validation_dice(model: torch.nn.Module, cases: Sequence[Case], num_classes: int,
-                    patch_size: Sequence[int] | None, device: torch.device) -> float:
-    """Mean over cases of the mean foreground Dice."""
+                    patch_size: Sequence[int] | None, device: torch.device,
+                    dtype: torch.dtype | None = None) -> float:
+    """Mean over cases of the mean foreground Dice (predictions under ``dtype`` autocast, Dice in fp32)."""
     scores = []
     for c in cases:
-        pred = predict(model, c.image, num_classes, patch_size=patch_size, device=device)
+        with autocast(device, dtype):
+            pred = predict(model, c.image, num_classes, patch_size=patch_size, device=device)
         d = soft_dice_per_class(torch.from_numpy(pred), torch.as_tensor(c.mask), num_classes)
         scores.append(float(d.mean()))
     return float(np.mean(scores)) if scores else float("nan")
@@ -142,7 +176,10 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     gen = torch_generator(derive_seed(cfg.seed, "train-batches", rank))
-    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = cfg.autocast_dtype(device)
+    if rank == 0:
+        log.info("training precision: %s on %s (--precision %s%s)", describe_precision(amp_dtype), device,
+                 cfg.precision, ", amp" if cfg.amp else "")
     reset_peak_memory(device)
 
     start_step, best, best_step, best_state, history = 0, -1.0, 0, None, []
@@ -169,46 +206,60 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not cfg.progress or rank != 0,
                dynamic_ncols=True, leave=False)
     net.train()
-    for step in range(start_step, cfg.steps):
-        x, y = source.draw(cfg.batch_size, gen)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = net(x)
-            if isinstance(logits, (list, tuple)):
-                logits = logits[0]
-            loss = dice_ce_loss(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        rec: dict[str, float] = {"step": step + 1, "loss": float(loss.detach())}
-        state = StepState(step + 1, model, opt, x, y, rec["loss"], device, opt.param_groups[0]["lr"])
-        for h in hooks:
-            extra = h.after_step(state)
-            if extra:
-                rec.update(extra)
-        bar.update(1)
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.val_every == 0 or last:
-            if rank == 0:
-                if val_cases:
-                    vd = validation_dice(model, val_cases, num_classes, cfg.patch_size, device)
-                else:
-                    vd = float("nan")
-                rec["val_dice"] = vd
-                if not val_cases or vd > best:
-                    best, best_step = (vd if val_cases else -1.0), step + 1
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", val=f"{vd:.3f}", best=f"{best:.3f}")
-            net.train()
-        history.append(rec)
-        if ckpt_path is not None and ((step + 1) % every == 0 or last) and rank == 0:
-            _save_checkpoint(ckpt_path, model, opt, sched, gen, step + 1, best, best_step, best_state, history,
-                             cfg, hooks)
-        if distributed and ckpt_path is not None and ((step + 1) % every == 0 or last):
-            dist.barrier()
+    batches = Prefetcher(source, cfg.batch_size, gen, cfg.steps - start_step, depth=cfg.prefetch,
+                         pin_memory=device.type == "cuda")
+    step_s, t_mark = 0.0, time.perf_counter()  # step time: from asking for a batch to the end of the hooks
+    try:
+        for step, (x, y) in zip(range(start_step, cfg.steps), batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                logits = net(x)
+                if isinstance(logits, (list, tuple)):
+                    logits = logits[0]
+                with torch.autocast(device.type, enabled=False):  # the loss in fp32
+                    loss = dice_ce_loss(logits.float(), y)
+                total = loss
+                for h in hooks:  # e.g. semi-supervised terms on unlabelled images
+                    term = h.extra_loss(net, step, device) if hasattr(h, "extra_loss") else None
+                    if term is not None:
+                        total = total + term
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            rec: dict[str, float] = {"step": step + 1, "loss": float(loss.detach())}
+            state = StepState(step + 1, model, opt, x, y, rec["loss"], device, opt.param_groups[0]["lr"])
+            for h in hooks:
+                extra = h.after_step(state)
+                if extra:
+                    rec.update(extra)
+            bar.update(1)
+            step_s += time.perf_counter() - t_mark
+            last = step + 1 == cfg.steps
+            if (step + 1) % cfg.val_every == 0 or last:
+                if rank == 0:
+                    if val_cases:
+                        vd = validation_dice(model, val_cases, num_classes, cfg.patch_size, device, amp_dtype)
+                    else:
+                        vd = float("nan")
+                    rec["val_dice"] = vd
+                    rec["data_wait_fraction"] = batches.wait_s / step_s if step_s > 0 else 0.0
+                    if not val_cases or vd > best:
+                        best, best_step = (vd if val_cases else -1.0), step + 1
+                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", val=f"{vd:.3f}", best=f"{best:.3f}")
+                net.train()
+            history.append(rec)
+            if ckpt_path is not None and ((step + 1) % every == 0 or last) and rank == 0:
+                _save_checkpoint(ckpt_path, model, opt, sched, batches.state, step + 1, best, best_step, best_state,
+                                 history, cfg, hooks)
+            if distributed and ckpt_path is not None and ((step + 1) % every == 0 or last):
+                dist.barrier()
+            t_mark = time.perf_counter()
+    finally:
+        batches.close()
     bar.close()
 
     if best_state is None:  # resumed a finished run, or zero steps
@@ -220,15 +271,16 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
     model.eval()
     return TrainResult(model=model, best_val_dice=float(best), best_step=best_step, history=history,
                        seconds=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(device),
-                       steps=cfg.steps)
+                       steps=cfg.steps, precision=describe_precision(amp_dtype), data_wait_s=batches.wait_s,
+                       data_wait_fraction=batches.wait_s / step_s if step_s > 0 else 0.0)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, gen, step, best, best_step, best_state, history, cfg, hooks):
+def _save_checkpoint(path: Path, model, opt, sched, gen_state, step, best, best_step, best_state, history, cfg, hooks):
     ck = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "generator": [gen.get_state()],
+        "generator": [gen_state],  # the batch generator's state after the last batch trained on
         "step": step,
         "best": best,
         "best_step": best_step,

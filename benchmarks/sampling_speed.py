@@ -1,0 +1,149 @@
+"""brainSPADE sampling speed per sampler and batch size, and memory while streaming pairs to disk (issue 12).
+
+    flock /tmp/segsynth_heavy.lock .venv/bin/python benchmarks/sampling_speed.py          # about 2 min, 2 threads
+
+Pairs per second of the whole pair (label diffusion in latent space + autoencoder decode + SPADE image) at
+64² on the shipped hippocampus sample, for DDIM (50, 25 steps) and DPM-Solver++(2M) (``dpm``: 15, 10 steps;
+``segsynth.generators.brainspade.samplers``), each at batch sizes 16 and 64. Speed does not depend on what the
+networks learnt, so they are fitted for one step only (the default architecture of ``BrainSpadeGenerator``);
+whether fewer steps keep the Dice of a synthetic-only segmenter is ``brainspade_benchmark.py
+--samplers ddim50,dpm15,dpm10 --dice-per-sampler`` (trained models, much longer).
+
+Memory: ``write_synthetic_dataset`` streams ``--stream-n`` pairs into a dataset folder (one batch in memory)
+while a thread samples the process's resident memory; the JSON records it at 10 %, 50 % and 100 % of the pairs
+(flat = streaming works; 20,000 pairs grow only the folder on disk).
+
+Writes ``benchmarks/results/sampling_speed.json`` and ``sampling_speed.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks.common import RESULTS, machine  # noqa: E402
+from segsynth.utils.files import write_json  # noqa: E402
+
+SAMPLERS = [("ddim", 50), ("ddim", 25), ("dpm", 15), ("dpm", 10)]
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build(size: int):
+    from segsynth.data.dataset import load_dataset
+    from segsynth.data.preprocess import PreprocessSpec
+    from segsynth.data.sample import sample_path
+    from segsynth.generators.brainspade import BrainSpadeGenerator
+
+    data = load_dataset(sample_path(), PreprocessSpec(spatial_dims=2, size=size), progress=False, max_cases=4)
+    train = [c for c in data.cases if c.mask is not None and c.mask.any()][:16]
+    gen = BrainSpadeGenerator(spatial_dims=2, num_classes=data.info.num_classes, in_channels=data.info.in_channels,
+                              ae_steps=1, ldm_steps=1, spade_steps=1, progress=False)
+    gen.fit(train, seed=0)
+    return gen, data.info
+
+
+def stream_memory(gen, info, n: int, batch: int, sampler: str, steps: int) -> dict[str, Any]:
+    from segsynth.generators.brainspade import write_synthetic_dataset
+
+    out = Path(tempfile.mkdtemp(prefix="segsynth_stream_")) / "syn"
+    samples: list[tuple[float, float, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            written = len(list((out.parent).rglob("*.nii.gz"))) if out.parent.exists() else 0
+            samples.append((time.perf_counter(), rss_mb(), written))
+            stop.wait(0.5)
+
+    th = threading.Thread(target=watch, daemon=True)
+    t0 = time.perf_counter()
+    th.start()
+    try:
+        write_synthetic_dataset(gen, out, n, info=info, seed=0, batch_size=batch, sampler=sampler, steps=steps,
+                                fmt="nifti", progress=False)
+    finally:
+        stop.set()
+        th.join()
+        seconds = time.perf_counter() - t0
+        shutil.rmtree(out.parent, ignore_errors=True)
+
+    def at(frac: float) -> float:
+        goal = frac * 2 * n  # image + mask files per pair
+        hit = [r for _, r, w in samples if w >= goal]
+        return float(hit[0]) if hit else float(samples[-1][1])
+
+    return {"n": n, "batch_size": batch, "sampler": sampler, "steps": steps, "seconds": seconds,
+            "pairs_per_s": n / seconds, "rss_mb_at_10pct": at(0.1), "rss_mb_at_50pct": at(0.5),
+            "rss_mb_at_end": float(samples[-1][1]), "rss_mb_peak": max(r for _, r, _ in samples)}
+
+
+def plot(path: Path, rows: list[dict[str, Any]], target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = [f"{r['sampler']}{r['steps']} b{r['batch_size']}" for r in rows]
+    ax.barh(range(len(rows)), [r["pairs_per_s"] for r in rows], color="tab:blue")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(target, color="tab:red", ls="--", label=f"target {target:g} pairs/s")
+    ax.set_xlabel("brainSPADE pairs per second (64², CPU)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    from segsynth.generators.brainspade import sampling_speed
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n", type=int, default=128, help="pairs per speed measurement")
+    p.add_argument("--batches", default="16,64")
+    p.add_argument("--stream-n", type=int, default=2000, help="pairs written while memory is watched (0: skip)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=RESULTS / "sampling_speed.json")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    gen, info = build(a.size)
+    rows = []
+    for sampler, steps in SAMPLERS:
+        for b in (int(v) for v in a.batches.split(",")):
+            gen.sample_from_seeds([0, 1], sampler=sampler, steps=steps)  # warm-up
+            r = sampling_speed(gen, a.n, sampler=sampler, steps=steps, batch_size=b)
+            r["batch_size"] = b
+            rows.append(r)
+            print(f"{sampler}{steps:<4d} batch {b:3d}: {r['pairs_per_s']:.1f} pairs/s", flush=True)
+    best = max(rows, key=lambda r: r["pairs_per_s"])
+    stream = (stream_memory(gen, info, a.stream_n, best["batch_size"], best["sampler"], best["steps"])
+              if a.stream_n else None)
+    if stream:
+        print(f"streamed {stream['n']} pairs at {stream['pairs_per_s']:.1f} pairs/s; RSS {stream['rss_mb_at_10pct']:.0f}"
+              f" MB at 10 %, {stream['rss_mb_at_50pct']:.0f} at 50 %, {stream['rss_mb_at_end']:.0f} at the end")
+    write_json(a.json, {"benchmark": "sampling_speed", "machine": machine(), "threads": a.threads, "size": a.size,
+                        "speed": rows, "stream": stream, "target_pairs_per_s": 50})
+    plot(a.json.with_suffix(".png"), rows, 50)
+    print(f"wrote {a.json} and {a.json.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
