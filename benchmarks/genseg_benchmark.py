@@ -43,6 +43,7 @@ DATASETS = {
     # name: (folder, n_train, n_val, spatial dims, default size / shape, default n_test)
     "jsrt": ("jsrt_lungs", 7, 2, 2, 64, None),
     "isic": ("isic2017_skin", 32, 8, 2, 64, None),
+    "kvasir": ("kvasir_polyps", 32, 8, 2, 64, None),
     "hippo3d": ("hippocampus", 6, 2, 3, (40, 56, 40), 40),
 }
 

@@ -296,8 +296,10 @@ class DomainRandomization:
 class DomainRandMethod(Method):
     """SynthSeg-style domain randomisation of the N label maps, mixed with the real pairs.
 
-    Options: ``real_weight`` (fraction of each batch from the real pairs with classical augmentation; 0 =
-    domain-randomised images only, as SynthSeg; default 0.5), ``augment_real`` (default True), and any
+    Options: ``real_weight`` / ``real_fraction`` (fraction of each batch from the real pairs; 0 =
+    domain-randomised images only, as SynthSeg; default 0.5), ``augment_real`` (classical augmentation, default
+    True; the randomised pairs get it too unless ``augment_synthetic=false``), ``min_fidelity`` and the other
+    options of ``segsynth.segment.synthetic_mix``, and any
     ``DomainRandomizer`` field (e.g. ``background_classes=3``, ``mean_range=[0, 1]``). ``normalise`` defaults
     to the dataset's own.
     """
@@ -307,29 +309,29 @@ class DomainRandMethod(Method):
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        rest = {k: v for k, v in options.items() if k not in ("real_weight", "augment_real")}
-        DomainRandomizer.from_options(rest)  # fail early on unknown options
+        from segsynth.segment.synthetic_mix import MixOptions, parse_mix_options
+
+        # shared mixing options (segsynth.segment.synthetic_mix): real_fraction (alias real_weight), augment_real,
+        # augment_synthetic (default: as augment_real), min_fidelity, ...
+        self.mix, self.randomizer_options = parse_mix_options(
+            options, defaults=MixOptions(real_fraction=0.5, augment_real=True), aliases={"real_weight": "real_fraction"})
+        DomainRandomizer.from_options(dict(self.randomizer_options))  # fail early on unknown options
 
     def randomizer(self, ctx: MethodContext) -> DomainRandomizer:
-        rest = {k: v for k, v in self.options.items() if k not in ("real_weight", "augment_real")}
+        rest = dict(self.randomizer_options)
         rest.setdefault("normalise", normalisation_for(ctx.info))
         rest.setdefault("channels", ctx.info.in_channels)
         return DomainRandomizer.from_options(rest)
 
-    def training_source(self, ctx: MethodContext) -> Any:
-        from segsynth.data.transforms import classical_augmentation
-        from segsynth.segment.sources import CaseSource, MixedSource
-
+    def synthetic_source(self, ctx: MethodContext) -> Any:
         patch = ctx.train_config.patch_size if ctx.train_config else None
-        dr = DomainRandSource([c.mask for c in ctx.train if c.mask is not None], self.randomizer(ctx),
-                              ctx.info.num_classes, patch_size=patch)
-        w = float(self.options.get("real_weight", 0.5))
-        if w <= 0:
-            return dr
-        aug = classical_augmentation("combined", ctx.info.spatial_dims) if self.options.get("augment_real", True) \
-            else None
-        real = CaseSource(ctx.train, transform=aug, patch_size=patch, num_classes=ctx.info.num_classes)
-        return real if w >= 1 else MixedSource([(dr, 1.0 - w), (real, w)])
+        return DomainRandSource([c.mask for c in ctx.train if c.mask is not None], self.randomizer(ctx),
+                                ctx.info.num_classes, patch_size=patch)
+
+    def training_source(self, ctx: MethodContext) -> Any:
+        from segsynth.segment.synthetic_mix import mixed_training_source
+
+        return mixed_training_source(ctx, self.synthetic_source(ctx), self.mix)
 
 
 def domain_rand_cases(cases: Sequence[Case], n: int, num_classes: int, *, seed: int = 0,

@@ -33,7 +33,7 @@ from segsynth.data.case import Case, DatasetInfo
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.base import Method, MethodContext
 from segsynth.utils.files import write_json
-from segsynth.utils.seed import derive_seed, torch_generator
+from segsynth.utils.seed import derive_seed, seeded_scope, torch_generator
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +279,7 @@ def pretrain(sources: Sequence[PretrainData], out_dir: str | Path, *, spatial_di
     mixed += list(extra_sources)
     source = mixed[0][0] if len(mixed) == 1 else MixedSource(mixed)
     kwargs = dict(segmenter_kwargs or {})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "pretrain-init"))
+    with seeded_scope(derive_seed(seed, "pretrain-init")):
         model = build_segmenter(segmenter, spatial_dims, in_channels, num_classes, **dict(kwargs))
     t0 = time.perf_counter()
     out_dir = Path(out_dir)

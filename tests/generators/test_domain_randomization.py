@@ -110,5 +110,7 @@ def test_method_trains_and_rejects_unknown_options(tmp_path):
                         workdir=tmp_path / "run")
     res = get_method("domain_rand", background_classes=2).run(ctx)
     assert res.steps == 2 and 0 <= res.best_val_dice <= 1
-    only_dr = get_method("domain_rand", real_weight=0.0).training_source(ctx)
+    only_dr = get_method("domain_rand", real_weight=0.0, augment_synthetic=False).training_source(ctx)
     assert isinstance(only_dr, DomainRandSource)
+    augmented = get_method("domain_rand", real_weight=0.0).training_source(ctx)  # augmented like the real pairs
+    assert isinstance(augmented.source, DomainRandSource) and augmented.transform is not None

@@ -1,0 +1,295 @@
+"""Do synthetic pairs pay (issue 11)? Label-faithful GenSeg generators against classical augmentation.
+
+Two stages, both on the GenSeg benchmark's tasks and splits (benchmarks/genseg_benchmark.py):
+
+    python benchmarks/synthesis_pays.py jsrt --stage fidelity   # choose the recipe on validation pairs
+    python benchmarks/synthesis_pays.py jsrt --ood --stage sweep --variants augment,genseg_aug,genseg_aug_seg
+    # --seg-weight auto (default): the weight with the most faithful pairs in the fidelity stage
+
+``fidelity`` (split of seed 0; nothing touches test cases): an evaluator U-Net trained on the N real pairs with
+classical augmentation (a stand-in for the ``augment`` model of the split) segments (a) the real validation
+pairs and (b) pairs the GenSeg generator renders from augmented training masks, after G GAN steps, for each
+weight of the segmentation term (``seg_weight``); label fidelity = mean Dice against the mask. Also a
+sharpness ratio (mean |image gradient| of generated / real training images) and the seconds of each recipe.
+
+``sweep``: one GenSeg-benchmark sweep per variant (``augment``, ``genseg_aug`` as before, ``genseg_aug_seg`` with
+the segmentation term, ``genseg_aug_wf`` with the segmenter's hypergradient reaching the generator weights, ...),
+3 seeds, paired Wilcoxon over test cases of every variant against ``augment``; seconds and peak memory per run.
+
+Writes under benchmarks/results/: ``synthesis_pays_<name>_fidelity.json`` + ``.png`` and
+``synthesis_pays_<name>.json`` + ``_dice.png`` (sweeps in ``synthesis_pays_<name>/<variant>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, paired, write_summary  # noqa: E402
+from genseg_benchmark import DATASETS, dice_plot, sweep_config  # noqa: E402
+
+from segsynth.experiments.sweep import print_summary, run_sweep  # noqa: E402
+
+#: variant -> (method, extra genseg options); ``seg_weight`` of "genseg_aug_seg" comes from --seg-weight
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "none": ("none", {}),
+    "augment": ("augment", {}),
+    "genseg_aug": ("genseg_aug", {}),
+    "genseg_aug_seg": ("genseg_aug", {"seg_weight": None}),
+    "genseg_aug_wf": ("genseg_aug", {"weight_feedback": True}),
+    "genseg_aug_seg_wf": ("genseg_aug", {"seg_weight": None, "weight_feedback": True}),
+}
+
+
+def _sharpness(images: list[np.ndarray]) -> float:
+    """Mean absolute finite difference along every spatial axis (blurry images score low)."""
+    vals = []
+    for im in images:
+        for ax in range(1, im.ndim):
+            vals.append(float(np.abs(np.diff(im, axis=ax)).mean()))
+    return float(np.mean(vals))
+
+
+def fidelity_stage(a: argparse.Namespace) -> Path:
+    from segsynth.data.splits import split_cases
+    from segsynth.evaluate.fidelity import label_fidelity
+    from segsynth.experiments.sweep import load_for_sweep
+    from segsynth.generators.genseg import GenSegGenerator, GenSegOptions
+    from segsynth.generators.seg_term import SegmentationTerm
+
+    cfg = sweep_config(a)
+    data, _, _ = load_for_sweep(cfg)
+    split = split_cases(data.cases, n_train=cfg.n_values[0], n_val=cfg.n_val, seed=0, n_test=cfg.n_test)
+    train, val, k = split.train, split.val, data.info.num_classes
+    cpu = torch.device("cpu")
+    t0 = time.perf_counter()
+    evaluator = SegmentationTerm.trained_on(train, k, weight=1.0, steps=a.eval_steps, seed=12345)
+    real = float(np.mean(label_fidelity(evaluator.model, val, num_classes=k, device=cpu)))
+    real_sharp = _sharpness([c.image for c in train])
+    out: dict[str, Any] = {"real_val_fidelity": real, "evaluator_seconds": time.perf_counter() - t0,
+                           "real_sharpness": real_sharp, "n_train": len(train), "n_val": len(val), "rows": []}
+    logging.info("real validation pairs: fidelity %.3f", real)
+    path = _write_fidelity(a, out)
+    opts = GenSegOptions.from_dict(cfg.method_options["genseg"])
+    checkpoints = sorted(a.gan_steps)
+    for w in a.seg_weights:
+        gen = GenSegGenerator(**{**opts.generator_kwargs(), "seg_weight": w, "seg_steps": a.seg_steps})
+        done, seconds = 0, 0.0
+        for total in checkpoints:
+            stats = gen.fit(train, seed=0, steps=total - done)
+            seconds += stats["seconds"]
+            done = total
+            pairs = gen.sample(a.n_pairs, generator=torch.Generator().manual_seed(7))
+            fid = float(np.mean(label_fidelity(evaluator.model, pairs, num_classes=k, device=cpu)))
+            row = {"seg_weight": w, "gan_steps": total, "fidelity": fid, "fidelity_ratio": fid / real,
+                   "sharpness_ratio": _sharpness([p.image for p in pairs]) / real_sharp,
+                   "gan_seconds": seconds, "seg_term_seconds": (gen.history.get("seg_term") or {}).get("seconds", 0.0),
+                   "final": {kk: v for kk, v in stats.items() if kk.startswith("gan_")}}
+            out["rows"].append(row)
+            logging.info("seg_weight %s, %d GAN steps: fidelity %.3f (%.0f %% of real), sharpness %.2f, %.0f s",
+                         w, total, fid, 100 * fid / real, row["sharpness_ratio"], seconds)
+            path = _write_fidelity(a, out)  # after every row: a stopped run keeps what it measured
+    return path
+
+
+def _write_fidelity(a: argparse.Namespace, out: dict[str, Any]) -> Path:
+    from segsynth.utils.files import write_json
+
+    name = f"synthesis_pays_{a.name}_fidelity"
+    path = RESULTS / f"{name}.json"
+    write_json(path, {"benchmark": name, "flags": vars(a), **out})
+    _fidelity_plot(out, RESULTS / f"{name}.png", a.name)
+    return path
+
+
+def _fidelity_plot(out: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for w in sorted({r["seg_weight"] for r in out["rows"]}):
+        rs = [r for r in out["rows"] if r["seg_weight"] == w]
+        axes[0].plot([r["gan_steps"] for r in rs], [r["fidelity"] for r in rs], "o-", label=f"seg_weight {w}")
+        axes[1].plot([r["gan_seconds"] for r in rs], [r["sharpness_ratio"] for r in rs], "o-", label=f"seg_weight {w}")
+    axes[0].axhline(out["real_val_fidelity"], color="k", ls="--", label="real validation pairs")
+    axes[0].set_xlabel("GAN steps")
+    axes[0].set_ylabel("label fidelity (evaluator Dice)")
+    axes[1].axhline(1.0, color="k", ls="--")
+    axes[1].set_xlabel("generator training seconds")
+    axes[1].set_ylabel("sharpness, generated / real")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: label fidelity and sharpness of GenSeg pairs (split seed 0, validation only)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chosen_seg_weight(a: argparse.Namespace) -> float:
+    """``--seg-weight``, or with "auto" the weight whose pairs were most faithful on the fidelity stage (validation
+    only) after as many GAN steps as the sweep pre-trains (else after any), read from ``--fidelity-from``."""
+    if a.seg_weight != "auto":
+        return float(a.seg_weight)
+    path = RESULTS / f"synthesis_pays_{a.fidelity_from or a.name}_fidelity.json"
+    rows = json.loads(path.read_text())["rows"]
+    at = [r for r in rows if r["gan_steps"] == a.pretrain_steps] or rows
+    best = max(at, key=lambda r: r["fidelity"])
+    logging.info("seg_weight %s: most faithful pairs in %s (fidelity %.3f)", best["seg_weight"], path.name,
+                 best["fidelity"])
+    return float(best["seg_weight"])
+
+
+def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[dict[str, Any]]]:
+    """Per GenSeg variant and seed: label fidelity of the run's saved generator (derived and re-trained, rendering
+    augmented training masks) against the ``augment`` reference segmenter of the same split, and of the real
+    validation pairs (``segsynth.evaluate.fidelity``; the reference is trained once per split and kept)."""
+    import dataclasses
+
+    from segsynth.data.splits import split_cases
+    from segsynth.evaluate.fidelity import (
+        draw_pairs,
+        fidelity_summary,
+        label_fidelity,
+        reference_dir,
+        reference_segmenter,
+    )
+    from segsynth.experiments.sweep import first_n, load_for_sweep, run_key
+    from segsynth.generators.base import MethodContext
+    from segsynth.generators.genseg import GeneratedSource, GenSegGenerator
+
+    cfg = sweep_config(argparse.Namespace(**{**vars(a), "methods": ["augment"], "tag": ""}))
+    base = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
+    data, _, _ = load_for_sweep(cfg)
+    n, k, cpu = cfg.n_values[0], data.info.num_classes, torch.device("cpu")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for seed in range(a.seeds):
+        split = split_cases(data.cases, n_train=n, n_val=cfg.n_val, seed=seed, n_test=cfg.n_test)
+        train = first_n(split.train, n)
+        ctx = MethodContext(info=data.info, train=train, val=split.val, segmenter=cfg.segmenter,
+                            segmenter_kwargs=dict(cfg.segmenter_kwargs),
+                            train_config=dataclasses.replace(cfg.train, seed=seed), seed=seed, device=cpu,
+                            workdir=base / "augment" / "runs" / run_key("augment", n, seed))
+        reference = None
+        for variant in a.variants:
+            method = VARIANTS[variant][0]
+            folder = base / variant / "runs" / run_key(method, n, seed) / "generator"
+            if not method.startswith("genseg") or not (folder / "genseg.json").exists():
+                continue
+            reference = reference or reference_segmenter(ctx, reference_dir(ctx))
+            gen = GenSegGenerator.load(folder)
+            gen.set_source_masks(train)
+            pairs = draw_pairs(GeneratedSource(gen, gen.source), n_pairs, seed=seed)
+            syn = label_fidelity(reference, pairs, num_classes=k, device=cpu)
+            real = label_fidelity(reference, split.val, num_classes=k, device=cpu)
+            out.setdefault(variant, []).append({"seed": seed, **fidelity_summary(syn, real)})
+    return out
+
+
+def sweep_stage(a: argparse.Namespace) -> Path:
+    t0 = time.perf_counter()
+    seg_weight = chosen_seg_weight(a) if any(VARIANTS[v][1].get("seg_weight", 0) is None for v in a.variants) \
+        else None
+    records: list[dict[str, Any]] = []
+    for variant in a.variants:
+        method, extra = VARIANTS[variant]
+        extra = {k: (seg_weight if k == "seg_weight" and v is None else v) for k, v in extra.items()}
+        if "seg_weight" in extra:
+            extra["seg_steps"] = a.seg_steps
+        cfg = sweep_config(argparse.Namespace(**{**vars(a), "methods": [method], "tag": ""}))
+        cfg.out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}" / variant
+        cfg.report = False
+        if method in cfg.method_options:
+            cfg.method_options[method].update(extra)
+        for r in run_sweep(cfg):
+            records.append({**r, "method": variant})
+    out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
+    print_summary(records, out)
+    comparisons = []
+    for v in a.variants:
+        if v != "augment" and "augment" in a.variants:
+            comparisons += paired(records, v, "augment")
+    config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
+              "wall_seconds": time.perf_counter() - t0}
+    config["label_fidelity"] = sweep_fidelity(a)
+    for v, rows in config["label_fidelity"].items():
+        print(f"{v}: label fidelity {np.mean([r['synthetic_mean'] for r in rows]):.3f} vs real validation "
+              f"{np.mean([r['real_val_mean'] for r in rows]):.3f} (ratio {np.mean([r['ratio'] for r in rows]):.2f})")
+    try:
+        from segsynth.experiments.verdict import verdict_sentences
+
+        config["verdict"] = verdict_sentences([r for r in records if r.get("status") == "ok"])
+    except ImportError:
+        pass
+    path = write_summary(out.name, config, records, comparisons)
+    dice_plot(records, SimpleNamespace(methods=a.variants, title=f"{a.name}: synthetic pairs vs augment"),
+              RESULTS / f"{out.name}_dice.png")
+    for c in comparisons:
+        print(f"{c['test_set']:20s} {c['method_a']} - {c['method_b']}: {c['mean_diff']:+.4f} "
+              f"(Wilcoxon p={c['wilcoxon_p']:.3g}, n={c['n']})")
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=sorted(DATASETS))
+    p.add_argument("--stage", choices=["fidelity", "sweep"], required=True)
+    p.add_argument("--variants", default="augment,genseg_aug,genseg_aug_seg",
+                   type=lambda s: [v for v in s.split(",") if v])
+    p.add_argument("--seg-weight", default="auto", help="seg_weight of the *_seg variants (auto: the most "
+                   "faithful weight of the fidelity stage)")
+    p.add_argument("--fidelity-from", default=None, help="task whose fidelity stage chooses the weight (default: this)")
+    p.add_argument("--seg-weights", default="0,1,5", type=lambda s: [float(v) for v in s.split(",")],
+                   help="fidelity stage: weights of the segmentation term to compare")
+    p.add_argument("--seg-steps", type=int, default=200, help="steps of the segmentation term's own segmenter")
+    p.add_argument("--gan-steps", default="200,600", type=lambda s: [int(v) for v in s.split(",")],
+                   help="fidelity stage: GAN steps at which fidelity is measured")
+    p.add_argument("--eval-steps", type=int, default=300, help="fidelity stage: steps of the evaluator U-Net")
+    p.add_argument("--n-pairs", type=int, default=32, help="fidelity stage: generated pairs measured")
+    # the GenSeg benchmark's flags (same defaults)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--segmenter", default="unet")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--ood", action="store_true")
+    p.add_argument("--gen-features", type=int, default=None)
+    p.add_argument("--gen-batch-size", type=int, default=4)
+    p.add_argument("--arch-batch-size", type=int, default=4)
+    p.add_argument("--pretrain-steps", type=int, default=200)
+    p.add_argument("--arch-every", type=int, default=2)
+    p.add_argument("--arch-lr", type=float, default=3e-4)
+    p.add_argument("--arch-weight-decay", type=float, default=1e-3)
+    p.add_argument("--derive-steps", type=int, default=40)
+    p.add_argument("--hypergradient", default="finite_difference")
+    p.add_argument("--tag", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.methods = []
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    path = fidelity_stage(a) if a.stage == "fidelity" else sweep_stage(a)
+    print(json.dumps(json.loads(path.read_text()).get("rows", []), indent=1)[:3000])
+    print(f"summary: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Label fidelity in a sweep: generator runs get the field, augment is the reference, the report shows both."""
+
+from __future__ import annotations
+
+import pytest
+
+from segsynth.experiments.fidelity_report import fidelity_section
+from segsynth.experiments.sweep import run_sweep
+from tests.conftest import write_png_dataset
+from tests.experiments.test_sweep import _cfg
+
+
+@pytest.mark.slow
+def test_sweep_fidelity_field_reference_reuse_and_report(tmp_path, monkeypatch, capsys):
+    import segsynth.evaluate.fidelity as fidelity
+
+    data = write_png_dataset(tmp_path / "d", n=10)
+    out = tmp_path / "sweep"
+    trained = []
+    real_train = fidelity.reference_segmenter
+
+    def spy(ctx, directory, **kw):
+        if directory is not None and not (directory / "model" / "model.json").exists():
+            trained.append(directory)
+        return real_train(ctx, directory, **kw)
+
+    monkeypatch.setattr(fidelity, "reference_segmenter", spy)
+    cfg = _cfg(data, out, methods=["none", "augment", "domain_rand"], n_values=[1], seeds=[0], fidelity_pairs=12)
+    records = run_sweep(cfg)
+    by = {r["method"]: r for r in records}
+    assert "label_fidelity" not in by["none"] and "label_fidelity" not in by["augment"]
+    f = by["domain_rand"]["label_fidelity"]
+    assert f["n_synthetic"] == 12 and f["n_real"] == 2 and len(f["scores"]) == 12
+    assert 0 <= f["synthetic_mean"] <= 1 and f["reference"] == "augment"
+    assert trained == []  # the sweep's own augment run was the reference
+    assert list((out / "runs" / "_fidelity_reference").glob("*/model/model.json"))
+    assert (out / "fidelity" / "domain_rand_n1_s0.png").exists()
+    html = (out / "report.html").read_text()
+    assert "Label fidelity of the synthetic pairs" in html and "Least faithful synthetic pairs" in html
+    assert "Verdict" in html and ("domain_rand helped" in html or "domain_rand did not help over augment" in html)
+    from segsynth.experiments.sweep import print_summary
+
+    print_summary(records, out)
+    assert "Verdict (paired Wilcoxon" in capsys.readouterr().out
+    # without augment in the sweep, the reference is trained once per (N, seed), then reused
+    out2 = tmp_path / "sweep2"
+    run_sweep(_cfg(data, out2, methods=["domain_rand"], n_values=[1], seeds=[0], fidelity_pairs=4))
+    assert len(trained) == 1
+
+
+def test_cli_fidelity_flags():
+    from segsynth.cli import build_parser
+
+    base = ["sweep", "--data", "d", "--out", "o"]
+    assert build_parser().parse_args(base).fidelity is True
+    a = build_parser().parse_args([*base, "--no-fidelity", "--fidelity-pairs", "7"])
+    assert a.fidelity is False and a.fidelity_pairs == 7
+
+
+def test_fidelity_section_is_empty_without_fields(tmp_path):
+    assert fidelity_section([{"method": "none", "status": "ok"}], tmp_path) == ""
