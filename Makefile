@@ -4,12 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: on these machines the pinned CPU wheel lies on disk; an unpinned torch pulls CUDA.
+	# torch first, pinned: on these machines the pinned CPU wheel lies on disk; pyproject's torch range would let
+	# pip resolve a newer torch (a multi-GB CUDA build) if torch were not installed before anything else.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# the exact versions tested (constraints.txt) within pyproject's ranges
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ray]"
 	touch $(STAMP)
 
 .PHONY: install demo test lint clean

@@ -276,8 +276,8 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
     # sampling speed per sampler
     speed = []
     for spec in a.samplers.split(","):
-        sampler = "ddpm" if spec.startswith("ddpm") else "ddim"
-        steps = int(spec[4:]) if sampler == "ddim" else None
+        sampler = next(s for s in ("ddpm", "ddim", "dpm") if spec.startswith(s))  # ddim25, dpm15, ddpm1000
+        steps = int(spec[len(sampler):]) if sampler != "ddpm" and spec[len(sampler):] else None
         res = sampling_speed(gen, a.speed_n, sampler=sampler, steps=steps, batch_size=min(16, a.speed_n))
         res["label"] = spec
         if a.dice_per_sampler:

@@ -13,17 +13,59 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from segsynth.errors import ConfigError, SegsynthError
+# Idle OpenMP threads sleep instead of spinning (a spinning pool beside another busy process made training
+# 20-30x slower); OpenMP reads this once, when torch loads, so it is set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from segsynth.errors import ConfigError, SegsynthError  # noqa: E402
 
 log = logging.getLogger("segsynth")
 
 EPILOG = "Exit codes: 0 success, 1 unexpected failure, 2 bad input or options (the message names the file)."
 
 
+# ----------------------------------------------------------------------------- help
+def _shows_default(action: argparse.Action) -> bool:
+    d = action.default
+    return bool(action.option_strings) and not (d is None or d is False or d == [] or d is argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, unless the help text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not _shows_default(action) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help shows defaults and may end with sections computed only when shown
+    (``add_help_section(fn)``: e.g. the option list of a method, without importing it for every command)."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kw)
+        self._help_sections: list[Any] = []
+
+    def add_help_section(self, fn: Any) -> None:
+        self._help_sections.append(fn)
+
+    def format_help(self) -> str:
+        for action in self._actions:  # argparse shows nothing for an option without help: show its default
+            if action.help is None and _shows_default(action):
+                action.help = "(default: %(default)s)"
+        return super().format_help() + "".join(f"\n{fn().rstrip()}\n" for fn in self._help_sections)
+
+
 # ----------------------------------------------------------------------------- shared options
 def add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="random seed (splits, initialisation, sampling)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: the usable cores minus the load of other processes, "
+                        "at least 1; or OMP_NUM_THREADS when set); the log says what was chosen")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     if out:
         p.add_argument("--out", type=Path, required=True, help="output folder (created; written atomically)")
@@ -54,7 +96,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--val-every", type=int, default=50, help="validate (and checkpoint) every this many steps")
     g.add_argument("--n-val", type=int, default=2, help="labelled cases held out for validation/model selection")
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    g.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="training and validation precision: auto = bf16 autocast where the device runs it fast "
+                        "(CUDA with bf16; a CPU with AMX/avx512_bf16), fp32 elsewhere; bf16 forces it (slow on "
+                        "CPUs without those); losses stay fp32 (default fp32)")
+    g.add_argument("--amp", action="store_true", help="older switch: bf16 autocast on CUDA only")
     g.add_argument("--method-opt", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, e.g. augment.kind=rotate or genseg.n_synthetic=200 (repeatable)")
 
@@ -74,11 +120,22 @@ def spec_from_args(a: argparse.Namespace):
     return PreprocessSpec(spatial_dims=a.dims, size=a.size, shape_3d=_ints(a.shape_3d), normalise=a.normalise)
 
 
+def _positive(a: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        v = getattr(a, name, None)
+        if v is not None and v <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+
+
 def train_config_from_args(a: argparse.Namespace):
     from segsynth.segment.train import TrainConfig
 
+    _positive(a, "steps", "batch_size", "lr", "val_every")
+    if getattr(a, "n_val", 0) is not None and getattr(a, "n_val", 0) < 0:
+        raise ConfigError(f"--n-val must be >= 0, got {a.n_val}")
     return TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, val_every=a.val_every,
-                       patch_size=_ints(a.patch), seed=a.seed, amp=a.amp, progress=not a.quiet)
+                       patch_size=_ints(a.patch), seed=a.seed, amp=a.amp, progress=not a.quiet,
+                       precision=getattr(a, "precision", "fp32"))
 
 
 def segmenter_kwargs_from_args(a: argparse.Namespace) -> dict[str, Any]:
@@ -114,39 +171,72 @@ def cmd_check_data(a: argparse.Namespace) -> int:
     return 0 if not report.problems else 2
 
 
+def check_n(n: int, data: Path) -> None:
+    """--n: labelled training cases, at least 1 (the message names the dataset)."""
+    if n < 1:
+        raise ConfigError(f"{data}: --n {n}: at least 1 labelled training case is needed")
+
+
+def check_out(path: Path, *, overwrite: bool | None = None, resumable: tuple[str, ...] = ()) -> None:
+    """Refuse an unusable --out before any work: an existing file, a place where no folder can be created,
+    or (when ``overwrite`` is not None) an existing non-empty folder holding more than the ``resumable``
+    entries of an interrupted run, unless --overwrite. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: exists and is a file, not a folder")
+    base = path
+    while not base.exists():
+        if base.parent == base:
+            break
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"--out {path}: cannot create it, {base} is a file, not a folder")
+    import tempfile
+
+    try:
+        probe = tempfile.mkdtemp(prefix=".segsynth-write-test-", dir=base)
+        os.rmdir(probe)
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write in {base} ({e.strerror or e})") from e
+    if overwrite is False and path.is_dir():
+        extra = sorted(p.name for p in path.iterdir() if p.name not in resumable)
+        if extra:
+            raise ConfigError(f"--out {path}: folder exists and is not empty ({', '.join(extra[:3])}"
+                              f"{' ...' if len(extra) > 3 else ''}); pass --overwrite to replace it, or choose "
+                              "another folder")
+
+
 def cmd_sweep(a: argparse.Namespace) -> int:
     from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep
 
     seeds = list(range(a.seeds)) if a.seed_list is None else list(_ints(a.seed_list))
+    for n in _ints(a.n) or ():
+        check_n(n, a.data)
     cfg = SweepConfig(data=a.data, out=a.out, methods=[m.strip() for m in a.methods.split(",") if m.strip()],
                       n_values=list(_ints(a.n)), seeds=seeds, test_data=a.test_data, unlabelled_data=a.unlabelled,
                       n_val=a.n_val, n_test=a.n_test, max_unlabelled=a.max_unlabelled, segmenter=a.segmenter,
                       segmenter_kwargs=segmenter_kwargs_from_args(a), spec=spec_from_args(a),
                       train=train_config_from_args(a), method_options=parse_method_options(a.method_opt),
-                      device=a.device, title=a.title)
+                      device=a.device, title=a.title, fidelity=a.fidelity, fidelity_pairs=a.fidelity_pairs,
+                      **_sweep_executor(a))
     records = run_sweep(cfg)
     print_summary(records, a.out)
     return 0
 
 
-def cmd_demo(a: argparse.Namespace) -> int:
-    from segsynth.data.preprocess import PreprocessSpec
-    from segsynth.data.sample import sample_path
-    from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep
-    from segsynth.segment.train import TrainConfig
+def _sweep_executor(a: argparse.Namespace) -> dict[str, Any]:
+    from segsynth.experiments.executors import executor_options
 
-    data = sample_path()
-    print(f"segsynth demo: hippocampus MRI sample shipped with the package ({data}),\n"
-          f"2D slices at 64x64; U-Net trained on 1, 2 and 4 labelled volumes, without and with classical\n"
-          f"augmentation, 2 seeds; tested on held-out volumes. Output: {a.out}\n")
-    cfg = SweepConfig(data=data, out=a.out, methods=["none", "augment"], n_values=[1, 2, 4], seeds=[0, 1],
-                      n_val=2, n_test=8, segmenter="unet", segmenter_kwargs={"features": (16, 16, 32, 64, 128, 16)},
-                      spec=PreprocessSpec(spatial_dims=2, size=64), device=a.device,
-                      train=TrainConfig(steps=a.steps, batch_size=16, lr=3e-3, val_every=max(1, a.steps // 4),
-                                        seed=a.seed, progress=not a.quiet),
-                      title="segsynth demo: hippocampus (shipped sample), 2D slices")
-    records = run_sweep(cfg)
-    print_summary(records, a.out)
+    o = executor_options(a, "run")
+    return {"executor": o["name"], "ray_address": o["address"], "cpus_per_run": o["cpus"], "gpus_per_run": o["gpus"]}
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from segsynth.experiments.demo import DemoConfig, run_demo
+
+    # progress bars only on a terminal: in a log file or a pipe the sweep's one line per run is the progress
+    run_demo(DemoConfig(out=a.out, device=a.device, seed=a.seed, steps=a.steps,
+                        progress=not a.quiet and sys.stderr.isatty()))
     return 0
 
 
@@ -168,6 +258,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from segsynth.segment.model_io import save_segmenter
     from segsynth.utils.device import resolve_device
 
+    check_n(a.n, a.data)
+    check_out(a.out, overwrite=a.overwrite, resumable=("work",))
     data, split, spec = _prepare_split(a)
     opts = parse_method_options(a.method_opt).get(a.method, {})
     method = get_method(a.method, **opts)
@@ -206,13 +298,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from segsynth.data.preprocess import PreprocessSpec
     from segsynth.evaluate.metrics import evaluate_cases, write_metrics
     from segsynth.segment.inference import predict_cases
-    from segsynth.segment.model_io import load_segmenter
+    from segsynth.segment.model_io import check_input_fits, load_segmenter
     from segsynth.utils.device import resolve_device
 
     device = resolve_device(a.device)
     model, config = load_segmenter(a.model, device)
     spec = PreprocessSpec(**config["spec"])
     data = load_dataset(a.data, spec, progress=not a.quiet)
+    check_input_fits(config, data.info.extra.get("source_spatial_dims", data.info.spatial_dims),
+                     data.info.in_channels, a.data, a.model)
     labels = {int(k): v for k, v in config["info"]["labels"].items()}
     if data.info.num_classes != len(labels):
         raise ConfigError(f"{a.data}: {data.info.num_classes} classes, but the model predicts {len(labels)}")
@@ -227,6 +321,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from segsynth.segment.predict_files import predict_folder
 
+    check_out(a.out, overwrite=a.overwrite)
     written = predict_folder(a.model, a.input, a.out, device=a.device, progress=not a.quiet)
     print(f"wrote {len(written)} predictions to {a.out}")
     return 0
@@ -239,18 +334,21 @@ def _command(sub, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:  
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="segsynth",
         description="Train segmenters from 1-50 labelled scans with synthetic paired data, and measure on real "
                     "held-out data whether the synthetic data helped.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+        epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    s = _command(sub, "demo", help="run a small sweep on the sample shipped with the package (about 3-5 min on "
-                                    "2 CPU cores), print a Dice table and write an HTML report", epilog=EPILOG)
+    s = _command(sub, "demo", help="the main job at small scale on the sample shipped with the package (about 2 min "
+                                    "on 2 CPU cores): GenSeg fits a generator, its pairs train a segmenter, compared "
+                                    "with augment and none on held-out volumes; prints the Dice table, label "
+                                    "fidelity and the computed verdict, writes an HTML report and a montage of "
+                                    "synthetic pairs beside real ones", epilog=EPILOG)
     add_common(s, out=False)
     s.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
-    s.add_argument("--steps", type=int, default=150, help="training steps per run (default 150)")
+    s.add_argument("--steps", type=int, default=120, help="segmenter training steps per run (default 120)")
     s.set_defaults(func=cmd_demo)
 
     s = _command(sub, "check-data", help="validate a dataset folder and print a summary (cases, sizes, classes, "
@@ -269,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="augment", help="method name (see `segsynth methods`)")
     s.add_argument("--n", type=int, required=True, help="number of labelled training cases")
     s.add_argument("--n-test", type=int, default=None, help="test cases (default: all not used for training)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the results in an existing non-empty --out (an interrupted run in --out "
+                        "resumes without it)")
     s.set_defaults(func=cmd_train)
 
     s = _command(sub, "evaluate", help="Dice and HD95 of a saved model on a labelled dataset folder",
@@ -283,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(s)
     s.add_argument("--model", type=Path, required=True, help="model folder written by `segsynth train`")
     s.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     s.set_defaults(func=cmd_predict)
 
     s = _command(sub, "sweep", help="low-data sweep: methods x N x seeds, Dice/HD95 on held-out data, paired "
@@ -297,9 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-data", type=Path, default=None,
                    help="external labelled folder with the same classes: evaluate out of domain too")
     s.add_argument("--unlabelled", type=Path, default=None, help="folder of unlabelled images for methods that use them")
+    s.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=True,
+                   help="label fidelity of generator methods' pairs: Dice of the cell's augment model on the "
+                        "synthetic images vs their masks (reuses the sweep's augment run when it ran first, else "
+                        "trains one per N and seed; default on)")
+    s.add_argument("--fidelity-pairs", type=int, default=100, help="synthetic pairs scored per generator run")
     s.add_argument("--max-unlabelled", type=int, default=None)
     s.add_argument("--n-test", type=int, default=None, help="in-domain test cases (default: all unused cases)")
     s.add_argument("--title", default=None, help="report title")
+    from segsynth.experiments.executors import add_executor_options
+
+    add_executor_options(s, "run")
     s.set_defaults(func=cmd_sweep)
 
     s = _command(sub, "methods", help="list the methods a sweep can compare (`segsynth sweep --methods ...`), "
@@ -330,14 +440,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING if getattr(a, "quiet", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if getattr(a, "seed", None) is not None:
-        from segsynth.utils.seed import seed_everything
-
-        seed_everything(a.seed)
     try:
+        if isinstance(getattr(a, "out", None), Path):
+            check_out(a.out)
+        if hasattr(a, "threads"):
+            from segsynth.utils.threads import apply_threads, choose_threads
+
+            apply_threads(choose_threads(a.threads))
+        if getattr(a, "seed", None) is not None:
+            from segsynth.utils.seed import seed_everything
+
+            seed_everything(a.seed)
         return int(a.func(a) or 0)
     except SegsynthError as e:
         print(f"segsynth {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder the system refused (permissions, disk full, ...): one line too
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"segsynth {a.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished runs are kept and a rerun resumes", file=sys.stderr)

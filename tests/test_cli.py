@@ -87,3 +87,138 @@ def test_sweep_cli_with_external_test_data(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "augment" in out and "report.html" in out
     assert (tmp_path / "s" / "report.html").exists()
+
+
+def test_help_shows_defaults_and_the_genseg_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for text in ("(default: 500)", "(default: 8)", "(default: 0.001)", "(default: 2)", "--threads", "--overwrite"):
+        assert text in out, text
+    with pytest.raises(SystemExit):
+        main(["genseg", "--help"])
+    out = capsys.readouterr().out
+    assert "see GenSegOptions" not in out
+    assert "pretrain_steps=300" in out and "synthetic_fraction=0.5" in out and "search=true" in out
+
+
+def test_bad_counts_are_refused_before_any_work(tmp_path, png_dataset, capsys):
+    out = tmp_path / "o"
+    assert main(["train", "--data", str(png_dataset), "--out", str(out), "--n", "0", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert str(png_dataset) in err and "--n 0" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--data", str(png_dataset), "--out", str(out), "--n", "2", *TINY, "--steps", "0"]) == 2
+    assert "--steps must be > 0" in capsys.readouterr().err
+    assert main(["sweep", "--data", str(png_dataset), "--out", str(out), "--n", "0,1", *TINY]) == 2
+    assert "--n 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unusable_out_is_one_line(tmp_path, png_dataset, capsys):
+    afile = tmp_path / "a_file"
+    afile.write_text("keep")
+    for out, expect in ((afile, "is a file, not a folder"), (afile / "sub", "is a file, not a folder")):
+        assert main(["train", "--data", str(png_dataset), "--out", str(out), "--n", "2", *TINY]) == 2
+        err = capsys.readouterr().err
+        assert expect in err and str(out) in err and len(err.strip().splitlines()) == 1
+    assert afile.read_text() == "keep"
+
+
+def test_out_in_a_folder_that_refuses_writes(tmp_path, monkeypatch, capsys):
+    """A read-only folder (root ignores permission bits, so the refusal is simulated where it happens)."""
+    import tempfile
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    assert main(["predict", "--model", str(tmp_path / "m"), "--input", str(tmp_path), "--out", str(ro / "o"),
+                 "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {ro / 'o'}: cannot write in {ro} (Permission denied)" in err and len(err.strip().splitlines()) == 1
+    assert not (ro / "o").exists()
+
+
+def test_train_and_predict_refuse_a_non_empty_out_without_overwrite(tmp_path, png_dataset, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    args = ["train", "--data", str(png_dataset), "--out", str(run), "--n", "2", "--method", "none", *TINY]
+    assert main(args) == 2
+    assert "not empty (notes.txt); pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0 and (run / "model" / "model.json").exists()
+    assert (run / "notes.txt").read_text() == "mine"
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "keep.txt").write_text("mine")
+    pargs = ["predict", "--model", str(run / "model"), "--input", str(png_dataset / "images"), "--out", str(pred),
+             "--device", "cpu", "-q"]
+    assert main(pargs) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and (pred / "keep.txt").exists()
+    assert main([*pargs, "--overwrite"]) == 0 and len(list(pred.glob("*.png"))) == 10
+    # a broken model.json, and images the model cannot take: one line each
+    (run / "model" / "model.json").write_text("{oops")
+    assert main([*pargs, "--out", str(tmp_path / "p2")]) == 2
+    err = capsys.readouterr().err
+    assert "model.json: cannot read the model configuration" in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_input_checks():
+    from segsynth.errors import DataError
+    from segsynth.segment.model_io import check_input_fits
+
+    cfg2d = {"segmenter": {"spatial_dims": 2, "in_channels": 1}, "spec": {"spatial_dims": None}}
+    cfg_sliced = {"segmenter": {"spatial_dims": 2, "in_channels": 1}, "spec": {"spatial_dims": 2}}
+    cfg3d = {"segmenter": {"spatial_dims": 3, "in_channels": 1}, "spec": {"spatial_dims": None}}
+    check_input_fits(cfg2d, 2, 1, "d", "m")
+    check_input_fits(cfg_sliced, 3, 1, "d", "m")  # a 2D model trained on slices takes volumes
+    with pytest.raises(DataError, match="d: these are 3D images but the model \\(m\\) is a 2D model"):
+        check_input_fits(cfg2d, 3, 1, "d", "m")
+    with pytest.raises(DataError, match="these are 2D images but the model \\(m\\) is a 3D model"):
+        check_input_fits(cfg3d, 2, 1, "d", "m")
+    with pytest.raises(DataError, match="RGB \\(3 channels\\) but the model \\(m\\) was trained on grey"):
+        check_input_fits(cfg2d, 2, 3, "d", "m")
+
+
+def test_threads_are_chosen_and_logged(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="segsynth"):
+            main(["evaluate", "--model", str(tmp_path / "none"), "--data", str(tmp_path), "--out",
+                  str(tmp_path / "o"), "--threads", "1"])
+        assert torch.get_num_threads() == 1
+        assert any("using 1 CPU thread (--threads 1" in r.getMessage() for r in caplog.records)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_synthesize_keeps_the_source_mask_values(tmp_path):
+    """0/255 masks in, 0/255 masks out: the synthetic dataset stores what its source stored."""
+    from segsynth.data.dataset import load_dataset
+    from segsynth.data.preprocess import PreprocessSpec
+    from segsynth.generators.genseg import GenSegGenerator
+    from tests.generators.genseg.helpers import TINY as GEN_TINY
+
+    data = write_png_dataset(tmp_path / "blobs", n=3)
+    loaded = load_dataset(data, PreprocessSpec(size=32), progress=False)
+    gen = GenSegGenerator(**GEN_TINY)
+    gen.build_for(loaded.cases, seed=0, info=loaded.info)
+    gen.save(tmp_path / "generator")
+    out = tmp_path / "syn"
+    assert main(["synthesize", "--model", str(tmp_path / "generator"), "--augment-from", str(data), "--n", "2",
+                 "--out", str(out), "--device", "cpu", "-q"]) == 0
+    import json
+
+    assert json.loads((out / "dataset.json").read_text())["mask_values"] == {"0": "background", "255": "class_255"}
+    from segsynth.data.io import read_mask
+
+    values = set()
+    for p in sorted((out / "masks").iterdir()):
+        values |= set(np.unique(read_mask(p)[0]).tolist())
+    assert values == {0, 255}

@@ -8,4 +8,5 @@ COMMAND_MODULES: list[str] = [
     "segsynth.commands.transforms",
     "segsynth.commands.genseg",
     "segsynth.commands.brainspade",
+    "segsynth.commands.audit",
 ]

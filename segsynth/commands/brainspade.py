@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from segsynth.errors import ConfigError, DataError
+from segsynth.experiments.shards import add_shard_options, shard_options
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out = write_synthetic_dataset(gen, a.out, a.n, info=info, seed=a.seed, batch_size=a.batch_size, masks=masks,
                                   mask_ids=mask_ids, styles=styles, style_domain=a.style_domain,
                                   sampler=a.sampler, steps=a.steps, model=model, fmt=a.format,
-                                  overwrite=a.overwrite, progress=not a.quiet)
+                                  overwrite=a.overwrite, progress=not a.quiet, **shard_options(a))
     print(f"synthetic dataset: {out} ({a.n} pairs; provenance in {out / 'provenance.jsonl'})")
     return 0
 
@@ -259,6 +260,10 @@ def cmd_audit(a: argparse.Namespace) -> int:
           f"{quality['diversity_ratio']:.2f}, mean pairwise SSIM synthetic {quality['ssim_synthetic']:.3f} / real "
           f"{quality['ssim_real']:.3f}")
     print(f"written: {a.out / 'privacy.json'}, {a.out / 'quality.json'}")
+    if a.fidelity_model is not None:
+        from segsynth.commands.audit import run_fidelity_audit
+
+        run_fidelity_audit(a, a.synthetic, a.fidelity_model, a.out)
     return 0 if audit.verdict == "pass" or not a.strict else 3
 
 
@@ -323,11 +328,14 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--style-domain", default=None,
                    help="stored styles to draw: source (default), target, any, or a domain name")
     s.add_argument("--n", type=int, required=True, help="number of pairs")
-    s.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="diffusion sampler (default ddim)")
-    s.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's, 50)")
+    s.add_argument("--sampler", choices=("ddim", "ddpm", "dpm"), default=None,
+                   help="diffusion sampler: ddim (default), ddpm (1000 steps) or dpm (DPM-Solver++, few steps)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the model's DDIM steps, 50; dpm: 15)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--format", choices=("auto", "png", "nifti"), default="auto")
     s.add_argument("--overwrite", action="store_true", help="replace a finished dataset at --out")
+    add_shard_options(s)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("brainspade-audit", epilog=EPILOG,
@@ -346,6 +354,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--max-synthetic", type=int, default=None)
     s.add_argument("--max-reference", type=int, default=500)
     s.add_argument("--strict", action="store_true", help="exit with code 3 when near-copies are found")
+    s.add_argument("--fidelity-model", type=Path, default=None,
+                   help="also measure label fidelity against this saved segmenter (segsynth train --method augment "
+                        "... --out X: give X/model); writes fidelity.json (see `segsynth audit`)")
     s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("export", epilog=EPILOG,

@@ -38,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--n-test", type=int, default=None, help="test cases (default: all not used for training)")
     s.add_argument("--separate", action="store_true",
                    help="the ablation: train the generator without segmentation feedback, then use it")
-    g = s.add_argument_group("GenSeg (more with --method-opt genseg.KEY=VALUE, see GenSegOptions)")
+    g = s.add_argument_group("GenSeg (all its options, listed below the others, with --method-opt genseg.KEY=VALUE)")
+    if hasattr(s, "add_help_section"):
+        s.add_help_section(genseg_options_help)
     g.add_argument("--pretrain-steps", type=int, default=None, help="GAN steps before the segmenter (default 300)")
     g.add_argument("--arch-every", type=int, default=None, help="architecture update every K steps (default 2)")
     g.add_argument("--hypergradient", choices=("finite_difference", "exact"), default=None,
@@ -59,10 +61,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--format", choices=("auto", "png", "nifti"), default="auto",
                    help="file format (auto: PNG for 2D X-ray/photos, NIfTI otherwise)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    from segsynth.experiments.shards import add_shard_options
+
+    add_shard_options(s)
     s.set_defaults(func=cmd_synthesize)
 
 
 # ---------------------------------------------------------------------------------------------- genseg
+
+def genseg_options_help() -> str:
+    """Every GenSegOptions field with its default and its line of the docstring (shown by ``--help`` only)."""
+    import dataclasses
+    import re
+    import textwrap
+
+    from segsynth.generators.genseg import GenSegOptions
+
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    for line in (GenSegOptions.__doc__ or "").splitlines():
+        m = re.match(r"^\s{8}([a-z_][a-z0-9_, ]*):\s+(.*)$", line)
+        if m:
+            names = [n.strip() for n in m.group(1).split(",")]
+            for n in names:
+                docs[n] = m.group(2).strip()
+        elif names and re.match(r"^\s{12}\S", line):
+            for n in names:
+                docs[n] += " " + line.strip()
+        else:
+            names = []
+    lines = ["GenSeg options (--method-opt genseg.KEY=VALUE; VALUE is JSON, e.g. genseg.search=false):"]
+    for f in dataclasses.fields(GenSegOptions):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(textwrap.fill(f"{f.name}={json.dumps(default)}  {docs.get(f.name, '')}".rstrip(), width=100,
+                                   initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
+
 
 def _genseg_options(a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     from segsynth.cli import parse_method_options
@@ -182,12 +216,33 @@ def _read_masks(files: list[Path], gen: Any) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+class GenSegPairs:
+    """Pair ``i`` of ``segsynth synthesize``: ``genseg_{i:05d}`` from ``derive_seed(seed, "synthesize", i)``, for
+    ``masks[i % len(masks)]`` when masks are given, else for an augmented source mask."""
+
+    def __init__(self, gen: Any, seed: int, masks: list[tuple[str, np.ndarray]]):
+        self.gen, self.seed, self.masks = gen, seed, masks
+
+    def case_id(self, i: int) -> str:
+        return f"genseg_{i:05d}"
+
+    def __call__(self, indices: Any) -> Any:
+        from segsynth.utils.seed import derive_seed
+
+        for i in indices:
+            seed = derive_seed(self.seed, "synthesize", i)
+            if self.masks:
+                name, mask = self.masks[i % len(self.masks)]
+                yield self.gen.sample_pair(seed, mask, case_id=self.case_id(i), source_id=name)
+            else:
+                yield self.gen.sample_pair(seed, case_id=self.case_id(i))
+
+
 def cmd_synthesize(a: argparse.Namespace) -> int:
     from segsynth.data.case import DatasetInfo
-    from segsynth.data.writer import DatasetWriter
+    from segsynth.experiments.shards import shard_options, write_pairs
     from segsynth.generators.genseg import GenSegGenerator
     from segsynth.utils.device import resolve_device
-    from segsynth.utils.seed import derive_seed
 
     model_dir = _generator_dir(a.model)
     gen = GenSegGenerator.load(model_dir, resolve_device(a.device))
@@ -221,23 +276,12 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
                                    modality="other", spatial_dims=len(gen.spatial_shape),
                                    in_channels=gen.image_channels)
     info = DatasetInfo(name=f"{info.name} (GenSeg synthetic)", labels=dict(info.labels), modality=info.modality,
-                       spatial_dims=info.spatial_dims, in_channels=info.in_channels, file_format=info.file_format)
+                       spatial_dims=info.spatial_dims, in_channels=info.in_channels, file_format=info.file_format,
+                       extra={k: info.extra[k] for k in ("value_map",) if k in info.extra})  # masks keep raw values
     provenance = {"method": "genseg", "model": str(model_dir.resolve()), "seed": a.seed, "n": n,
                   "source": source, "augmented": a.masks is None,
                   "genotype": gen._require().current_genotype()}
-    written = 0
-    with DatasetWriter(a.out, info, fmt=a.format, provenance=provenance, overwrite=a.overwrite) as w:
-        for i in range(n):
-            cid = f"genseg_{i:05d}"
-            if w.has(cid):
-                continue
-            seed = derive_seed(a.seed, "synthesize", i)
-            if masks:
-                name, mask = masks[i % len(masks)]
-                case = gen.sample_pair(seed, mask, case_id=cid, source_id=name)
-            else:
-                case = gen.sample_pair(seed, case_id=cid)
-            w.add(case)
-            written += 1
-    print(f"wrote {written} synthetic pairs ({n} in all) to {a.out}")
+    write_pairs(a.out, info, n, GenSegPairs(gen, a.seed, masks), fmt=a.format, provenance=provenance,
+                overwrite=a.overwrite, **shard_options(a))
+    print(f"wrote {n} synthetic pairs to {a.out}")
     return 0

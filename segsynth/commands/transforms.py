@@ -101,7 +101,10 @@ def cmd_transforms_synthesize(a: argparse.Namespace) -> int:
     elif t.bank is None:
         raise ConfigError(f"{a.model} holds no transform bank; give --unlabelled DIR to compute one")
     rand_aug = RandAug() if a.rand_aug else None
-    rec = write_synthetic(t, a.n, a.out, info, seed=a.seed, rand_aug=rand_aug, fmt=a.format, model_path=str(a.model))
+    from segsynth.experiments.shards import shard_options
+
+    rec = write_synthetic(t, a.n, a.out, info, seed=a.seed, rand_aug=rand_aug, fmt=a.format, model_path=str(a.model),
+                          **shard_options(a))
     print(f"wrote {rec.n} synthetic pairs to {rec.out_dir} in {rec.seconds:.1f} s")
     return 0
 
@@ -233,6 +236,9 @@ def add_parser(sub: Any) -> None:
                                                           "scaling) on top of each learned pair")
     s.add_argument("--no-appearance", action="store_true", help="spatial transforms only")
     s.add_argument("--format", choices=("auto", "png", "nifti"), default="auto")
+    from segsynth.experiments.shards import add_shard_options
+
+    add_shard_options(s)
     s.set_defaults(func=cmd_transforms_synthesize)
 
     s = sub.add_parser("domain-rand", epilog=EPILOG,

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class CheckReport:
     spacing_max: list[float] | None = None
     intensity_min: float | None = None
     intensity_max: float | None = None
+    dtypes: list[str] = field(default_factory=list)
     labels: dict[int, str] = field(default_factory=dict)
     value_map: dict[int, int] = field(default_factory=dict)
     values_detected: bool = False
@@ -80,9 +82,16 @@ class CheckReport:
                 lines.append(f"Spacing: {_fmt_float(self.spacing_min)} .. {_fmt_float(self.spacing_max)}")
             if self.intensity_min is not None:
                 lines.append(f"Intensities (as stored): {self.intensity_min:.4g} .. {self.intensity_max:.4g}")
+            wide = [d for d in self.dtypes if d in ("uint16", "int16", "int32", "uint32")]
+            if wide and self.file_format != "nifti" and self.intensity_max is not None:
+                bits = max(8, math.ceil(math.log2(max(self.intensity_max, 0) + 1)))
+                lines.append(f"Pixel type: {', '.join(self.dtypes)}: "
+                             f"{'16-bit' if any(d.endswith('int16') for d in wide) else 'wider than 8-bit'} images, read with their full range "
+                             f"(not cut to 8 bits); [0, 1] normalisation divides by the bits in use ({bits} bits "
+                             f"here: / {2**bits - 1})")
             if self.n_working_cases is not None:
                 lines.append(f"Working cases after preprocessing: {self.n_working_cases}")
-            if self.labels:
+            if self.labels and self.n_labelled:
                 how = "detected from the masks" if self.values_detected else "from dataset.json"
                 lines.append(f"Classes ({len(self.labels)}, mask values {how}):")
                 raw_of = {cid: raw for raw, cid in self.value_map.items()}
@@ -171,6 +180,7 @@ def check_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, max_c
     shapes: list[tuple[int, ...]] = []
     spacings: list[list[float]] = []
     channels: set[int] = set()
+    dtypes: set[str] = set()
     dims: set[int] = set()
     lo, hi = np.inf, -np.inf
     voxels = dict.fromkeys(layout.labels, 0)
@@ -193,6 +203,7 @@ def check_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, max_c
         channels.add(case.in_channels)
         dims.add(case.spatial_dims)
         lo, hi = min(lo, float(case.image.min())), max(hi, float(case.image.max()))
+        dtypes.add(str(case.meta.get("dtype")))
         if case.mask is not None:
             ids, counts = np.unique(case.mask, return_counts=True)
             for i, n in zip(ids.tolist(), counts.tolist()):
@@ -215,6 +226,7 @@ def check_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, max_c
             report.spacing_max = [float(max(s[i] for s in sp)) for i in range(nd)]
         report.intensity_min, report.intensity_max = float(lo), float(hi)
     report.channels, report.spatial_dims = sorted(channels), sorted(dims)
+    report.dtypes = sorted(dtypes)
     report.class_voxels, report.class_cases = voxels, in_cases
     if len(dims) > 1:
         report.problems.append(f"{root}: 2D and 3D images are mixed ({sorted(dims)})")

@@ -131,7 +131,7 @@ def _progress(items: list, desc: str, enabled: bool):
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, leave=False, unit="case")
+    return tqdm(items, desc=desc, leave=False, unit="case", disable=None)  # None: bars on a terminal only
 
 
 def _check_dims(raw: Case, first_dims: int | None, spec: PreprocessSpec, layout: Layout, record: PairRecord) -> int:
@@ -185,6 +185,10 @@ def load_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, unlabe
                                 normalise=override))
     if not cases:
         raise DataError("no cases left after preprocessing (every slice was empty?)", root)
+    if not unlabelled_ok and not any(bool(np.any(c.mask)) for c in cases if c.mask is not None):
+        raise DataError(f"every mask of the {len(records)} cases is background only (no pixel of any class): there "
+                        "is nothing to learn or measure; check the masks and their values with `segsynth check-data`",
+                        root)
     in_channels = _harmonise_channels(cases, root)
     assert source_dims is not None
     sliced = source_dims == 3 and spec.spatial_dims == 2

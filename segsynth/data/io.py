@@ -22,8 +22,10 @@ not at all.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io as _io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +70,26 @@ def file_format(path: str | Path) -> str:
 
 
 def is_image_file(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_file() and not p.name.startswith(".") and file_suffix(p) != ""
+    p = Path(path)  # a symbolic link is listed even when broken or looping, so that reading it says which
+    return (p.is_file() or p.is_symlink()) and not p.name.startswith(".") and file_suffix(p) != ""
 
 
 # ----------------------------------------------------------------------------------------------- reading
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise DataError("file not found", path)
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError("symbolic link loop (the link leads back to itself); replace it with the file",
+                            path) from e
+        if path.is_symlink():
+            raise DataError(f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)",
+                            path) from e
+        if e.errno == errno.ENOENT:
+            raise DataError("file not found", path) from e
+        raise DataError(f"cannot access file ({e.strerror})", path) from e
     if not path.is_file():
         raise DataError("not a file", path)
     if path.stat().st_size == 0:
@@ -124,15 +136,31 @@ def _nifti_to_channel_first(arr: np.ndarray, path: Path) -> tuple[np.ndarray, in
                     path)
 
 
-def _load_pil(path: Path) -> tuple[Any, dict[str, Any]]:
+def open_pil(path: str | Path, load: bool = True) -> Any:
+    """Open a PNG/JPEG/BMP/TIFF with Pillow; every failure, a decompression bomb included, is a DataError.
+
+    Pillow refuses images whose header claims more than twice ``Image.MAX_IMAGE_PIXELS`` pixels (a tiny
+    file can claim 100000 x 100000 and exhaust memory when decoded); that is reported, never decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    path = Path(path)
     try:
         im = Image.open(path)
-        im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if load:
+            im.load()
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image header claims more pixels than the safety limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
+                        f"({e.args[0].split(' exceeds')[0].lower() if e.args else 'too many'}); refusing to decode "
+                        "it (a decompression bomb or a corrupt header)", path) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as e:
         raise DataError(f"cannot read image file ({type(e).__name__}: {e}); is it truncated or corrupt?",
                         path) from e
+    return im
+
+
+def _load_pil(path: Path) -> tuple[Any, dict[str, Any]]:
+    im = open_pil(path)
     meta = {"path": str(path), "format": file_format(path), "mode": im.mode}
     return im, meta
 

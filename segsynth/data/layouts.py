@@ -27,12 +27,13 @@ A ``dataset.json`` that has neither ``training`` nor ``pairs`` still gives ``nam
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from segsynth.data.io import file_format, file_stem, is_image_file, read_mask
+from segsynth.data.io import file_format, file_stem, is_image_file, open_pil, read_mask
 from segsynth.errors import DataError
 
 MODALITIES = ("mri", "ct", "xray", "photo", "other")
@@ -140,13 +141,11 @@ def _default_modality(pairs: list[PairRecord]) -> str:
     """No modality text: RGB PNG/JPEG -> photo, anything else -> other."""
     for p in pairs[:1]:
         if file_format(p.images[0]) in ("png", "jpg", "other"):
-            from PIL import Image
-
             try:
-                with Image.open(p.images[0]) as im:
+                with open_pil(p.images[0], load=False) as im:
                     if im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
                         return "photo"
-            except OSError:
+            except DataError:  # reading the case reports it
                 return "other"
     return "other"
 
@@ -164,9 +163,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _resolve(root: Path, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else (root / p)
+def _resolve(root: Path, rel: Any, jpath: Path, entry: str) -> Path:
+    """A path listed in dataset.json, relative to the dataset folder and inside it (else a DataError naming
+    the entry): a dataset folder is self-contained, so copying or exporting it copies everything it uses."""
+    if not isinstance(rel, str) or not rel.strip():
+        raise DataError(f"{entry}: expected a file path relative to the dataset folder, got {rel!r}", jpath)
+    if Path(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or rel.startswith("~"):
+        raise DataError(f"{entry}: {rel!r} is an absolute path; paths must be relative to the dataset folder "
+                        "and stay inside it", jpath)
+    if os.path.normpath(rel).replace("\\", "/").split("/")[0] == "..":
+        raise DataError(f"{entry}: {rel!r} leaves the dataset folder; paths must stay inside it", jpath)
+    return root / rel
 
 
 def _with_channels(path: Path) -> tuple[Path, ...]:
@@ -294,10 +301,10 @@ def _msd_pairs(root: Path, meta: dict[str, Any], jpath: Path) -> list[PairRecord
             entry = {"image": entry}
         if not isinstance(entry, dict) or "image" not in entry:
             raise DataError(f"training entry {i} has no 'image'", jpath)
-        img = _resolve(root, entry["image"])
+        img = _resolve(root, entry["image"], jpath, f"training entry {i} image")
         label = entry.get("label", entry.get("mask"))
         pairs.append(PairRecord(file_stem(img), _with_channels(img),
-                                None if label is None else _resolve(root, label)))
+                                None if label is None else _resolve(root, label, jpath, f"training entry {i} label")))
     return pairs
 
 
@@ -311,11 +318,14 @@ def _pairs_pairs(root: Path, meta: dict[str, Any], jpath: Path) -> list[PairReco
             raise DataError(f"pairs entry {i} has no 'image'", jpath)
         imgs = entry["image"]
         imgs = [imgs] if isinstance(imgs, str) else list(imgs)
-        images = tuple(_resolve(root, s) for s in imgs)
+        images = tuple(_resolve(root, s, jpath, f"pairs entry {i} image") for s in imgs)
+        if not images:
+            raise DataError(f"pairs entry {i} has an empty 'image' list", jpath)
         mask = entry.get("mask", entry.get("label"))
         case_id = str(entry.get("case_id") or file_stem(images[0]))
         group = entry.get("volume_id", entry.get("subject"))
-        pairs.append(PairRecord(case_id, images, None if mask is None else _resolve(root, mask),
+        pairs.append(PairRecord(case_id, images,
+                                None if mask is None else _resolve(root, mask, jpath, f"pairs entry {i} mask"),
                                 None if group is None else str(group)))
     return pairs
 
@@ -340,6 +350,21 @@ def _folder_pairs(img_dir: Path, mask_dir: Path | None, unlabelled_ok: bool) -> 
         raise DataError(f"{len(missing)} image(s) have no mask with the same name in {mask_dir.name}/: "
                         f"{', '.join(images[k][0].name for k in missing[:5])}{' ...' if len(missing) > 5 else ''}",
                         img_dir)
+    return [PairRecord(k, v, masks.get(k)) for k, v in images.items()]
+
+
+def _flat_pairs(root: Path) -> list[PairRecord]:
+    """Image files directly in the folder; ``<case><mask suffix>`` files (``a_seg.nii.gz`` beside ``a.nii.gz``)
+    are the masks of their case, not more images."""
+    files = _list_images(root)
+    stems = {file_stem(p) for p in files}
+    masks: dict[str, Path] = {}
+    for p in files:
+        key = _mask_key(file_stem(p), stems - {file_stem(p)})
+        if key != file_stem(p):
+            masks[key] = p
+    mask_files = set(masks.values())
+    images = _group_channels([p for p in files if p not in mask_files])
     return [PairRecord(k, v, masks.get(k)) for k, v in images.items()]
 
 
@@ -405,7 +430,11 @@ def find_layout(root: str | Path, *, unlabelled_ok: bool = False, scan_values: b
         kind = "folders" if mask_dir is not None else "images_only"
         if kind == "folders" and "labels" in meta and img_dir.name == "imagesTr":
             kind = "msd"  # nnU-Net v2: dataset.json without a training list
-        pairs = _folder_pairs(img_dir, mask_dir, unlabelled_ok)
+        if img_dir == root:
+            pairs = _flat_pairs(root)
+            kind = "folders" if any(p.mask is not None for p in pairs) else kind
+        else:
+            pairs = _folder_pairs(img_dir, mask_dir, unlabelled_ok)
 
     if not pairs:
         raise DataError("dataset is empty: no image/mask pairs found", root)
@@ -433,7 +462,8 @@ def find_layout(root: str | Path, *, unlabelled_ok: bool = False, scan_values: b
     modality = guess_modality(modality_src)
     if not modality:
         modality = guess_modality(meta.get("description")) or _default_modality(pairs)
-    modality_text = modality_src if isinstance(modality_src, str) else json.dumps(modality_src or "")
+    modality_text = modality_src if isinstance(modality_src, str) else (json.dumps(modality_src) if modality_src
+                                                                        else "")
     keep = ("licence", "license", "citation", "reference", "source", "description", "release", "extra",
             "synthetic", "segsynth", "tensorImageSize", "spatial_dims")
     info = {k: meta[k] for k in keep if k in meta}

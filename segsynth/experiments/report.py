@@ -288,7 +288,7 @@ def _runs_table(
         )
         out.append(
             f"<tr><td>{_e(m)}</td><td>{runs}</td><td{best_cls}>{_fmt_pm(r['mean'], r['sd'])}</td>"
-            f"<td>[{_fmt(r['ci95_low'])}, {_fmt(r['ci95_high'])}]</td>"
+            f"<td>{_dice_ci(r['ci95_low'], r['ci95_high'])}</td>"
             f"<td>{_fmt_pm(h['mean'], h['sd'], 2) if h else '–'}</td>"
             f"{_cmp_cells(vs_base)}{_cmp_cells(vs_best)}"
             f"<td>{_fmt(r['train_seconds'], 1)}</td><td>{_fmt(r['seconds'], 1)}</td>"
@@ -361,6 +361,14 @@ def _failed_table(group_records: Sequence[Mapping[str, Any]]) -> str:
         )
     out.append("</tbody></table></div>")
     return "".join(out)
+
+
+def _dice_ci(lo: float, hi: float) -> str:
+    """A Dice CI clipped to [0, 1]; a clipped end is marked * (explained under "How to read this")."""
+    def end(v: float, clipped: float) -> str:
+        return f"{_fmt(clipped)}*" if v is not None and math.isfinite(v) and v != clipped else _fmt(v)
+    ok = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
+    return f"[{end(lo, max(lo, 0.0))}, {end(hi, min(hi, 1.0))}]" if ok else f"[{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def _samples_section(sample_images: Sequence[str | Path] | Mapping[str, str | Path] | None) -> str:
@@ -476,7 +484,9 @@ def write_report(
         '<h2>How to read this</h2><p class="note">Dice and HD95 are computed per test case over the '
         "foreground classes (MONAI; both masks empty: Dice 1, HD95 0; one empty: Dice 0, HD95 missing and "
         "left out of HD95 means). Each run (method × N × seed) is summarised by its mean over test cases; "
-        "tables show the mean ± sd of those run means over seeds and a t-based 95% confidence interval. "
+        "tables show the mean ± sd of those run means over seeds and a t-based 95% confidence interval, "
+        "clipped to Dice's range [0, 1] (with few seeds the t interval can reach past it; a clipped end is "
+        "marked *). "
         "Paired tests compare two methods on the same (seed, test case) pairs using the case's mean "
         "foreground Dice: two-sided Wilcoxon signed-rank (zero differences dropped) and paired t-test (SciPy; column “t p”). "
         "Pairs from one trained model are not independent, so read p-values as a measure of consistency "
@@ -484,13 +494,20 @@ def write_report(
         "“n/a” means the test cannot be computed (hover for the reason). “Best baseline” is the better of "
         "<code>none</code> and the <code>augment*</code> methods at that N.</p>"
     )
+    from segsynth.experiments.fidelity_report import fidelity_section
+    from segsynth.experiments.verdict import verdict_sentences
+
+    verdict = "".join(f"<li>{_e(t)}</li>" for t in verdict_sentences(records))
+    verdict = (f'<div class="summary verdict"><b>Verdict</b> (computed: helped = mean paired difference &gt; 0 and '
+               f"Wilcoxon p &lt; 0.05)<ul>{verdict}</ul></div>") if verdict else ""
     doc = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f'<h1>{_e(title)}</h1><div class="meta">{meta}</div>'
+        f'<h1>{_e(title)}</h1><div class="meta">{meta}</div>{verdict}'
         f'<div class="summary">{"".join(summaries) or "<p>No runs recorded.</p>"}</div>'
-        f"{''.join(sections)}{_samples_section(sample_images)}{notes}</body></html>\n"
+        f"{''.join(sections)}{fidelity_section(records, out_dir, _img_tag)}{_samples_section(sample_images)}"
+        f"{notes}</body></html>\n"
     )
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:

@@ -43,7 +43,7 @@ def export_msd(source: str | Path | Sequence[Case], out_dir: str | Path, *, name
     src = open_source(source, info)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise DataError("output folder exists already (pass overwrite=True to replace it)", out_dir)
+        raise DataError("output folder exists already; --overwrite replaces it (overwrite=True in Python)", out_dir)
     training: list[dict[str, str]] = []
     test: list[str] = []
     in_channels = spatial_dims = None

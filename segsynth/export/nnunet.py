@@ -92,7 +92,7 @@ def export_nnunet(source: str | Path | Sequence[Case], out_root: str | Path, *, 
     src = open_source(source, info)
     target = Path(out_root) / nnunet_folder_name(dataset_id, name or src.name)
     if target.exists() and not overwrite:
-        raise DataError("dataset folder exists already (pass overwrite=True to replace it)", target)
+        raise DataError("dataset folder exists already; --overwrite replaces it (overwrite=True in Python)", target)
     n_train = n_test = 0
     in_channels = None
     used: set[str] = set()

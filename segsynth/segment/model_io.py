@@ -36,8 +36,12 @@ def save_segmenter(model: torch.nn.Module, directory: str | Path, info: DatasetI
 def load_segmenter(directory: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     state, config = load_state(directory, name="model")
     seg = config.get("segmenter")
-    if not seg:
+    if not isinstance(seg, dict) or not seg:
         raise DataError("model.json has no 'segmenter' entry: not a segsynth segmenter folder", directory)
+    missing = [k for k in ("name", "spatial_dims", "in_channels", "out_channels") if k not in seg]
+    if missing or not isinstance(config.get("info"), dict) or "spec" not in config:
+        raise DataError(f"model.json lacks {', '.join(missing) or 'info/spec'}: not a segsynth model folder, or "
+                        "written by another version", Path(directory) / "model.json")
     model = build_segmenter(seg["name"], seg["spatial_dims"], seg["in_channels"], seg["out_channels"],
                             **seg.get("kwargs", {}))
     try:
@@ -45,3 +49,25 @@ def load_segmenter(directory: str | Path, device: torch.device | str = "cpu") ->
     except RuntimeError as e:
         raise DataError(f"weights do not fit the saved configuration: {e}", directory) from e
     return model.to(device).eval(), config
+
+
+def check_input_fits(config: dict, spatial_dims: int, in_channels: int, data: str | Path,
+                     model_dir: str | Path) -> None:
+    """Refuse images the saved model cannot take: 2D vs 3D, or grey vs colour (one line naming both).
+
+    A 2D model trained on slices of 3D volumes takes 3D volumes (sliced) and 2D images alike.
+
+    Raises:
+        DataError: naming ``data``.
+    """
+    seg, spec = config["segmenter"], config.get("spec") or {}
+    mdims, mch = int(seg["spatial_dims"]), int(seg["in_channels"])
+    accepted = {2, 3} if mdims == 2 and spec.get("spatial_dims") == 2 else {mdims}
+    if spatial_dims not in accepted:
+        raise DataError(f"these are {spatial_dims}D images but the model ({model_dir}) is a {mdims}D model trained "
+                        f"on {mdims}D images", data)
+    if in_channels != mch:
+        def kind(c: int) -> str:
+            return {1: "grey (1 channel)", 3: "RGB (3 channels)"}.get(c, f"{c}-channel")
+        raise DataError(f"these images are {kind(in_channels)} but the model ({model_dir}) was trained on "
+                        f"{kind(mch)} images", data)

@@ -24,7 +24,7 @@ from segsynth.data.layouts import Layout, PairRecord, find_layout
 from segsynth.data.preprocess import PreprocessSpec, apply_spec
 from segsynth.errors import DataError
 from segsynth.segment.inference import predict
-from segsynth.segment.model_io import load_segmenter
+from segsynth.segment.model_io import check_input_fits, load_segmenter
 from segsynth.utils.device import resolve_device
 from segsynth.utils.files import atomic_dir
 
@@ -101,9 +101,7 @@ def predict_folder(model_dir: str | Path, input_path: str | Path, out: str | Pat
     with atomic_dir(out) as tmp:
         for rec in tqdm(records, desc="predict", disable=not progress, leave=False):
             raw = read_pair(layout, rec, with_mask=False)
-            if raw.in_channels != info["in_channels"]:
-                raise DataError(f"image has {raw.in_channels} channels, the model expects {info['in_channels']}",
-                                rec.images[0])
+            check_input_fits(config, raw.spatial_dims, raw.in_channels, rec.images[0], model_dir)
             pred = predict_case(model, raw, spec, modality, num_classes, patch_size=config.get("patch_size"),
                                 device=dev)
             lut = np.array([id_to_raw.get(k, k) for k in range(num_classes)], dtype=np.int64)

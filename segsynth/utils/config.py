@@ -36,4 +36,10 @@ def load_state(directory: str | Path, name: str = "model") -> tuple[dict[str, to
         state = load_file(str(wpath))
     except Exception as e:  # corrupt or truncated
         raise DataError(f"cannot read weights: {e}", wpath) from e
-    return state, json.loads(cpath.read_text())
+    try:
+        config = json.loads(cpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read the model configuration ({type(e).__name__}: {e})", cpath) from e
+    if not isinstance(config, dict):
+        raise DataError("the model configuration must be a JSON object", cpath)
+    return state, config

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -96,3 +98,14 @@ def make_folders(root: Path, n: int = 4, shape: tuple[int, int] = (16, 16), *, v
         save_png(root / "images" / f"case{i}.png", img)
         save_png(root / mask_dir / f"case{i}{mask_suffix}.png", mask)
     return root
+
+
+def png_bomb(path: Path, side: int = 100_000) -> Path:
+    """A valid 150-byte PNG whose header claims side x side grey pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path

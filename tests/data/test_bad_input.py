@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from segsynth.data.check import check_dataset
 from segsynth.data.dataset import load_dataset
-from segsynth.data.io import read_image
+from segsynth.data.io import read_image, read_mask
 from segsynth.data.splits import split_cases
 from segsynth.errors import DataError
-from tests.data.data_builders import make_folders, make_msd, make_pairs, save_nifti, save_png
+from tests.data.data_builders import make_folders, make_msd, make_pairs, png_bomb, save_nifti, save_png
 
 
 def _load(root):
@@ -120,3 +122,59 @@ def test_broken_dataset_json(tmp_path):
     (root / "dataset.json").write_text("{not json")
     with pytest.raises(DataError, match="dataset.json"):
         _load(root)
+
+
+@pytest.mark.parametrize("where", ["images", "masks"])
+def test_png_decompression_bomb_is_refused_unread(tmp_path, where):
+    root = make_pairs(tmp_path / "p", n=3)
+    bomb = png_bomb(root / where / "img01.png")
+    with pytest.raises(DataError, match="decompression bomb") as e:
+        (read_image if where == "images" else read_mask)(bomb)
+    assert str(bomb) in str(e.value) and "10000000000 pixels" in str(e.value)
+    with pytest.raises(DataError, match=f"{where}/img01.png: image header claims"):
+        _load(root)
+    report = check_dataset(root)
+    assert any("img01.png" in p and "decompression bomb" in p for p in report.problems)
+
+
+@pytest.mark.parametrize("path", ["../outside.png", "images/../../outside.png", "/etc/passwd", "~/x.png"])
+def test_pairs_paths_must_stay_inside_the_dataset(tmp_path, path):
+    root = make_pairs(tmp_path / "p", n=3)
+    save_png(tmp_path / "outside.png", np.zeros((20, 24), np.uint8))
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["pairs"][1]["mask"] = path
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="dataset.json: pairs entry 1 mask") as e:
+        _load(root)
+    assert path in str(e.value) and ("leaves the dataset folder" in str(e.value) or "absolute" in str(e.value))
+    meta["pairs"][1]["mask"] = "masks/./img01.png"  # inside, only spelled oddly: fine
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert len(_load(root).cases) == 3
+
+
+def test_symbolic_link_loop_is_named(tmp_path):
+    root = make_pairs(tmp_path / "p", n=3)
+    link = root / "images" / "img01.png"
+    link.unlink()
+    os.symlink("img01.png", link)
+    with pytest.raises(DataError, match="img01.png: symbolic link loop"):
+        _load(root)
+    folders = make_folders(tmp_path / "f", n=3)  # images/ + masks/: the loop is listed, not skipped
+    (folders / "images" / "case1.png").unlink()
+    os.symlink("case1.png", folders / "images" / "case1.png")
+    with pytest.raises(DataError, match="case1.png: symbolic link loop"):
+        _load(folders)
+    (folders / "images" / "case1.png").unlink()
+    os.symlink("gone.png", folders / "images" / "case1.png")
+    with pytest.raises(DataError, match="case1.png: broken symbolic link"):
+        _load(folders)
+
+
+def test_all_background_masks_are_refused(tmp_path):
+    root = make_pairs(tmp_path / "p", n=3)
+    for p in (root / "masks").glob("*.png"):
+        save_png(p, np.zeros((20, 24), np.uint8))
+    with pytest.raises(DataError, match="background only") as e:
+        _load(root)
+    assert str(root) in str(e.value)
+    assert check_dataset(root).n_read == 3  # check-data still reads them (and warns)

@@ -48,3 +48,35 @@ def test_detected_values_warning_and_missing_folder(tmp_path):
     missing = check_dataset(tmp_path / "nope")
     assert not missing.ok and "nope" in missing.problems[0]
     assert "not recognised" in missing.format()
+
+
+def test_sixteen_bit_png_is_read_whole_and_reported(tmp_path):
+    root = make_folders(tmp_path / "d", n=3, rgb=False)
+    for p in (root / "images").glob("*.png"):
+        from PIL import Image
+
+        save_png(p, np.asarray(Image.open(p)).astype(np.uint16) * 200)  # up to ~51000: 16 bits in use
+    report = check_dataset(root)
+    assert report.ok and report.dtypes == ["uint16"] and report.intensity_max > 255 * 100
+    text = report.format()
+    assert "16-bit images, read with their full range" in text and "/ 65535" in text
+
+
+def test_flat_3d_folder_pairs_seg_files_and_images_only_claims_no_label_map(tmp_path):
+    import nibabel as nib
+
+    flat, plain = tmp_path / "flat", tmp_path / "plain"
+    flat.mkdir()
+    plain.mkdir()
+    for i in range(3):
+        mask = np.zeros((8, 8, 6), np.uint8)
+        mask[2:5, 2:5, 1:4] = 1
+        img = (100 + 50 * mask).astype(np.float32)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(flat / f"case{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), str(flat / f"case{i}_seg.nii.gz"))
+        nib.save(nib.Nifti1Image(img, np.eye(4)), str(plain / f"case{i}.nii.gz"))
+    report = check_dataset(flat)
+    assert report.ok and (report.n_cases, report.n_labelled) == (3, 3) and report.values_detected
+    assert "detected from the masks" in report.format()
+    text = check_dataset(plain).format()
+    assert "Cases: 3 (0 labelled)" in text and "dataset.json" not in text and "from '" not in text

@@ -119,3 +119,23 @@ def test_written_slices_keep_their_volume_grouping(tmp_path):
     ds = load_dataset(tmp_path / "s", PreprocessSpec(size=None), progress=False)
     assert ds.info.file_format == "nifti"
     assert [c.meta["volume_id"] for c in ds.cases] == ["v0", "v0", "v1", "v1"]
+
+
+def test_masks_keep_the_source_raw_values(tmp_path):
+    """0/255 masks in give 0/255 masks out (the source's value map travels in info.extra)."""
+    from PIL import Image
+
+    from tests.data.data_builders import make_pairs
+
+    src = load_dataset(make_pairs(tmp_path / "src", n=3), PreprocessSpec(size=None), progress=False)
+    assert src.info.extra["value_map"] == {"0": 0, "255": 1}
+    with DatasetWriter(tmp_path / "syn", src.info) as w:
+        for c in src.cases:
+            w.add(c)
+    meta = json.loads((tmp_path / "syn" / "dataset.json").read_text())
+    assert meta["mask_values"] == {"0": "background", "255": "lung"}
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "syn" / "masks" / "img00.png")))) == {0, 255}
+    back = load_dataset(tmp_path / "syn", PreprocessSpec(size=None), progress=False)
+    assert back.info.extra["value_map"] == {"0": 0, "255": 1}
+    for a, b in zip(src.cases, back.cases):
+        np.testing.assert_array_equal(a.mask, b.mask)

@@ -151,3 +151,14 @@ def test_report_with_external_test_set(tmp_path):
     assert len(re.findall(r'src="data:image/png;base64,', text)) == 4
     blocks = format_table(recs + external).split("\n\n")
     assert len(blocks) == 2 and "other_lungs" in blocks[1]
+
+
+def test_dice_confidence_intervals_stay_in_0_1():
+    import math
+
+    from segsynth.experiments.report import _dice_ci
+
+    assert _dice_ci(0.2, 0.4) == "[0.200, 0.400]"
+    assert _dice_ci(0.62, 1.31) == "[0.620, 1.000*]"  # two seeds: a t interval reaches past 1
+    assert _dice_ci(-0.4, 0.3) == "[0.000*, 0.300]"
+    assert _dice_ci(math.nan, math.nan) == "[–, –]"
