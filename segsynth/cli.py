@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    s = _command(sub, "demo", help="the main job at small scale on the sample shipped with the package (about 2 min "
+    s = _command(sub, "demo", help="the main job at small scale on the sample shipped with the package (about 3 min "
                                     "on 2 CPU cores): GenSeg fits a generator, its pairs train a segmenter, compared "
                                     "with augment and none on held-out volumes; prints the Dice table, label "
                                     "fidelity and the computed verdict, writes an HTML report and a montage of "
