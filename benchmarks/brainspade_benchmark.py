@@ -141,8 +141,10 @@ def train_and_test(name: str, source, val: list[Case], test: list[Case], info, a
     from segsynth.nets.segmenters import build_segmenter
     from segsynth.segment.inference import predict
     from segsynth.segment.train import TrainConfig, train_segmenter
+    from segsynth.utils.seed import derive_seed, seeded_scope
 
-    model = build_segmenter("unet", 2, info.in_channels, info.num_classes, features=(16, 16, 32, 64, 128, 16))
+    with seeded_scope(derive_seed(seed, "segmenter-init")):  # initial weights from the seed, as in sweeps
+        model = build_segmenter("unet", 2, info.in_channels, info.num_classes, features=(16, 16, 32, 64, 128, 16))
     cfg = TrainConfig(steps=a.seg_steps, batch_size=a.seg_batch, lr=3e-3, val_every=max(1, a.seg_steps // 5),
                       seed=seed, progress=False)
     result, cost = timed(lambda: train_segmenter(model, source, val, cfg, num_classes=info.num_classes,
