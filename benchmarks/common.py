@@ -69,3 +69,34 @@ def write_summary(name: str, config: dict[str, Any], records: list[dict[str, Any
     write_json(path, {"benchmark": name, "config": config, "machine": machine(), "summary": summarise(records),
                       "comparisons": comparisons})
     return path
+
+
+def genseg_step_pieces(train: list[Any], val: list[Any], num_classes: int, opts: Any, seg: torch.nn.Module,
+                       batch: int, lr: float, n_generated: int) -> tuple[Any, dict[str, Any]]:
+    """The pieces of one GenSeg step as callables, for timing them one by one: a segmenter step on real pairs,
+    generating ``n_generated`` pairs, a GAN step and an architecture step. Returns (generator, pieces)."""
+    from segsynth.generators.genseg import GanTrainer, GeneratedSource, GenSegGenerator, GenSegHook
+    from segsynth.segment.losses import dice_ce_loss
+    from segsynth.segment.sources import CaseSource
+
+    gen = GenSegGenerator(**opts.generator_kwargs())
+    gen.build_for(train, num_classes, seed=0)
+    gen.set_source_masks(train)
+    real = CaseSource(train, num_classes=num_classes)
+    opt = torch.optim.AdamW(seg.parameters(), lr=lr)
+    gan = GanTrainer(gen)
+    synth = GeneratedSource(gen, gen.source)
+    hook = GenSegHook(gen, real, gen.source, CaseSource(val, num_classes=num_classes), opts)
+    g = torch.Generator().manual_seed(0)
+
+    def seg_step() -> None:
+        x, y = real.draw(batch, g)
+        loss = dice_ce_loss(seg(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return gen, {"segmenter_step": seg_step,
+                 "generate_half_batch": lambda: synth.draw(n_generated, g),
+                 "gan_step": lambda: gan.step(*real.draw(opts.gen_batch_size, g), g),
+                 "arch_step": lambda: hook.arch_step(seg, lr, torch.device("cpu"))}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, paired, shared, write_summary  # noqa: E402
+from common import RESULTS, genseg_step_pieces, paired, shared, write_summary  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, print_summary, run_key, run_sweep  # noqa: E402
@@ -161,44 +161,17 @@ def component_costs(cfg: SweepConfig, a: argparse.Namespace, repeats: int = 3) -
     """
     from segsynth.data.dataset import load_dataset
     from segsynth.data.splits import split_cases
-    from segsynth.generators.genseg import (
-        GanTrainer,
-        GeneratedSource,
-        GenSegGenerator,
-        GenSegHook,
-        GenSegOptions,
-    )
+    from segsynth.generators.genseg import GenSegOptions
     from segsynth.nets.segmenters import build_segmenter
-    from segsynth.segment.losses import dice_ce_loss
-    from segsynth.segment.sources import CaseSource
 
     data = load_dataset(cfg.data, cfg.spec, max_cases=cfg.n_values[0] + cfg.n_val + 2, progress=False)
     split = split_cases(data.cases, cfg.n_values[0], cfg.n_val, seed=0, n_test=None)
     k = data.info.num_classes
     opts = GenSegOptions.from_dict(cfg.method_options["genseg"])
-    gen = GenSegGenerator(**opts.generator_kwargs())
-    gen.build_for(split.train, k, seed=0)
-    gen.set_source_masks(split.train)
-    real = CaseSource(split.train, num_classes=k)
     seg = build_segmenter(cfg.segmenter, data.info.spatial_dims, data.info.in_channels, k, **cfg.segmenter_kwargs)
-    opt = torch.optim.AdamW(seg.parameters(), lr=cfg.train.lr)
-    gan = GanTrainer(gen)
-    synth = GeneratedSource(gen, gen.source)
-    hook = GenSegHook(gen, real, gen.source, CaseSource(split.val, num_classes=k), opts)
-    g = torch.Generator().manual_seed(0)
     b = cfg.train.batch_size
-
-    def seg_step() -> None:
-        x, y = real.draw(b, g)
-        loss = dice_ce_loss(seg(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    pieces = {"segmenter_step": seg_step,
-              "gan_step": lambda: gan.step(*real.draw(opts.gen_batch_size, g), g),
-              "generate_half_batch": lambda: synth.draw(max(1, round(b * opts.synthetic_fraction)), g),
-              "arch_step": lambda: hook.arch_step(seg, cfg.train.lr, torch.device("cpu"))}
+    _, pieces = genseg_step_pieces(split.train, split.val, k, opts, seg, b, cfg.train.lr,
+                                   max(1, round(b * opts.synthetic_fraction)))
     out: dict[str, Any] = {}
     for name, fn in pieces.items():
         fn()  # warm-up

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, machine  # noqa: E402
+from benchmarks.common import RESULTS, genseg_step_pieces, machine  # noqa: E402
 from segsynth.utils.files import write_json  # noqa: E402
 
 SETTINGS = {  # name: (fused cells, arch_every, arch_every_max, gen_every)
@@ -63,16 +63,8 @@ def pieces(dims: int, repeats: int) -> dict[str, dict[str, float]]:
     from segsynth.data.preprocess import PreprocessSpec
     from segsynth.data.sample import sample_path
     from segsynth.data.splits import split_cases
-    from segsynth.generators.genseg import (
-        GanTrainer,
-        GeneratedSource,
-        GenSegGenerator,
-        GenSegHook,
-        GenSegOptions,
-    )
+    from segsynth.generators.genseg import GenSegOptions
     from segsynth.nets.segmenters import build_segmenter
-    from segsynth.segment.losses import dice_ce_loss
-    from segsynth.segment.sources import CaseSource
 
     if dims == 2:
         spec, seg_kw, width, batch = PreprocessSpec(spatial_dims=2, size=64), (16, 16, 32, 64, 128, 16), 16, 8
@@ -83,28 +75,8 @@ def pieces(dims: int, repeats: int) -> dict[str, dict[str, float]]:
     split = split_cases(data.cases, 2, 2, seed=0)
     k = data.info.num_classes
     opts = GenSegOptions(features=width, max_features=8 * width, disc_features=2 * width)
-    gen = GenSegGenerator(**opts.generator_kwargs())
-    gen.build_for(split.train, k, seed=0)
-    gen.set_source_masks(split.train)
-    real = CaseSource(split.train, num_classes=k)
     seg = build_segmenter("unet", dims, data.info.in_channels, k, features=seg_kw)
-    opt = torch.optim.AdamW(seg.parameters(), lr=3e-3)
-    gan = GanTrainer(gen)
-    synth = GeneratedSource(gen, gen.source)
-    hook = GenSegHook(gen, real, gen.source, CaseSource(split.val, num_classes=k), opts)
-    g = torch.Generator().manual_seed(0)
-
-    def seg_step() -> None:
-        x, y = real.draw(batch, g)
-        loss = dice_ce_loss(seg(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    fns = {"segmenter_step": seg_step,
-           "generate_half_batch": lambda: synth.draw(max(1, batch // 2), g),
-           "gan_step": lambda: gan.step(*real.draw(opts.gen_batch_size, g), g),
-           "arch_step": lambda: hook.arch_step(seg, 3e-3, torch.device("cpu"))}
+    gen, fns = genseg_step_pieces(split.train, split.val, k, opts, seg, batch, 3e-3, max(1, batch // 2))
     times: dict[str, dict[str, list[float]]] = {"unfused": {}, "fused": {}}
     for name, fn in fns.items():  # the two modes interleaved, so that drift in the machine's load hits both
         for mode in ("unfused", "fused"):
