@@ -35,6 +35,7 @@ from typing import Any
 
 from segsynth.data.io import file_format, file_stem, is_image_file, open_pil, read_mask
 from segsynth.errors import DataError
+from segsynth.utils.files import read_json_object
 
 MODALITIES = ("mri", "ct", "xray", "photo", "other")
 
@@ -154,13 +155,7 @@ def _default_modality(pairs: list[PairRecord]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read dataset.json ({type(e).__name__}: {e})", path) from e
-    if not isinstance(data, dict):
-        raise DataError("dataset.json must hold a JSON object", path)
-    return data
+    return read_json_object(path, "dataset.json")
 
 
 def _resolve(root: Path, rel: Any, jpath: Path, entry: str) -> Path:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from segsynth.utils.files import atomic_path, write_json
+from segsynth.utils.files import atomic_path, read_json_object, write_json
 
 
 def save_module(module: torch.nn.Module, directory: str | Path, config: dict[str, Any], name: str = "model") -> None:
@@ -36,10 +35,4 @@ def load_state(directory: str | Path, name: str = "model") -> tuple[dict[str, to
         state = load_file(str(wpath))
     except Exception as e:  # corrupt or truncated
         raise DataError(f"cannot read weights: {e}", wpath) from e
-    try:
-        config = json.loads(cpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read the model configuration ({type(e).__name__}: {e})", cpath) from e
-    if not isinstance(config, dict):
-        raise DataError("the model configuration must be a JSON object", cpath)
-    return state, config
+    return state, read_json_object(cpath, "the model configuration")

@@ -69,6 +69,20 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; any failure is a one-line DataError naming ``what`` and the file."""
+    from segsynth.errors import DataError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {what} ({type(e).__name__}: {e})", path) from e
+    if not isinstance(data, dict):
+        raise DataError(f"{what} must hold a JSON object", path)
+    return data
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read whole records; a torn last line (killed mid-write) is ignored."""
     path = Path(path)
