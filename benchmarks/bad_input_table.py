@@ -242,6 +242,8 @@ def cases(tmp: Path, d: dict):
     (r / "images" / "case001.png").unlink()
     os.symlink("case001.png", r / "images" / "case001.png")
     yield "symlink loop (images/ + masks/): train", "issue", tr(r, out("l2")), [out("l2")]
+    small = make_msd(tmp / "msd16", n=6, shape=(16, 16, 16))
+    yield "16^3 volumes, too small for the U-Net", "noticed", [*tr(small, out("v16")), "--dims", "3"], [out("v16")]
 
 
 def judge(name: str, res: dict, t: float) -> dict:

@@ -26,7 +26,7 @@ def run_fidelity_audit(a: argparse.Namespace, synthetic_dir: Path, model_dir: Pa
     from segsynth.commands.brainspade import _spec_from_json
     from segsynth.data.dataset import load_dataset
     from segsynth.errors import ConfigError
-    from segsynth.evaluate.fidelity import audit_fidelity, format_fidelity
+    from segsynth.evaluate.fidelity import audit_fidelity, fidelity_advice, format_fidelity
 
     patch = None
     if model_dir is not None:
@@ -50,6 +50,9 @@ def run_fidelity_audit(a: argparse.Namespace, synthetic_dir: Path, model_dir: Pa
                          n_val=getattr(a, "n_val", 2), train_config=cfg, segmenter=getattr(a, "segmenter", "unet"),
                          patch_size=patch)
     print(format_fidelity(res))
+    advice = fidelity_advice(res)
+    if advice:
+        print(f"  -> {advice}")
     print(f"written: {out / 'fidelity.json'}, {res['montage']}")
     return res
 

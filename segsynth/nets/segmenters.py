@@ -6,6 +6,8 @@ inference code to what multiple the input must be padded.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -48,6 +50,19 @@ def build_segmenter(name: str, spatial_dims: int, in_channels: int, out_channels
     model.segsynth_config = {"name": name, "spatial_dims": spatial_dims, "in_channels": in_channels,
                              "out_channels": out_channels}
     return model
+
+
+def check_input_size(model: torch.nn.Module, spatial_shape: Sequence[int]) -> None:
+    """A clear error where an input is too small for the segmenter: its deepest level (1/``size_divisor`` of
+    each axis) must hold more than one voxel, or instance normalisation fails deep inside torch."""
+    divisor = int(getattr(model, "size_divisor", 1) or 1)
+    shape = tuple(int(s) for s in spatial_shape)
+    deepest = [max(1, s // divisor) for s in shape]
+    if divisor > 1 and math.prod(deepest) <= 1:
+        name = getattr(model, "segsynth_config", {}).get("name", type(model).__name__)
+        raise ConfigError(f"inputs of {'x'.join(map(str, shape))} voxels are too small for the {name} segmenter: "
+                          f"it down-samples {divisor}x, so its deepest level would be a single voxel; use a "
+                          f"working size of at least {2 * divisor} along one axis (--size, --shape-3d or --patch)")
 
 
 def _dynunet(spatial_dims: int, in_channels: int, out_channels: int, levels: int = 5,

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
+from segsynth.nets.segmenters import check_input_size
 from segsynth.segment.inference import predict
 from segsynth.segment.losses import dice_ce_loss, soft_dice_per_class
 from segsynth.segment.sources import PairSource, Prefetcher
@@ -211,6 +212,8 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
     step_s, t_mark = 0.0, time.perf_counter()  # step time: from asking for a batch to the end of the hooks
     try:
         for step, (x, y) in zip(range(start_step, cfg.steps), batches):
+            if step == start_step:
+                check_input_size(model, x.shape[2:])
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 logits = net(x)

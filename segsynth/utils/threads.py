@@ -4,7 +4,7 @@ With other busy processes on the machine, torch's default (one thread per core) 
 OpenMP's spinning threads fight each other: measured 20-30x slower (724 s vs 62 s for the same 500 steps
 beside one other torch process). ``choose_threads`` picks the cores this process may run on
 (``os.sched_getaffinity``, a cgroup CPU quota), minus the load other processes put on them
-(``os.getloadavg``), shared among the processes ``torchrun`` starts on this machine, and at least 1.
+(``os.getloadavg``, ``/proc/stat``), shared among the processes ``torchrun`` starts on this machine, and at least 1.
 ``OMP_WAIT_POLICY=PASSIVE`` (set by the CLI before torch starts) makes idle OpenMP threads sleep instead of
 spinning.
 """
@@ -42,20 +42,53 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
-def other_load() -> float:
-    """Load that other processes put on the CPUs: the smaller of the 1-minute load average and the number of
-    other processes runnable right now (``/proc/loadavg``). The average alone still counts a job that has just
-    finished (a ``pip install`` before ``make demo``); the snapshot alone counts a momentary blip. 0 where the
-    system has neither."""
+def _cpu_times() -> tuple[int, int] | None:
+    """(total, idle) jiffies of all CPUs from ``/proc/stat``; None where there is no such file."""
     try:
-        average = float(os.getloadavg()[0])
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    return sum(fields), fields[3] + fields[4]  # idle + iowait
+
+
+def busy_cores(interval: float = 0.3) -> float | None:
+    """CPU cores other processes keep busy right now: the busy share of all CPUs over ``interval`` seconds
+    (``/proc/stat``), during which this process sleeps, times the number of CPUs. None where not measurable."""
+    import time
+
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(interval)
+    second = _cpu_times()
+    if second is None or second[0] <= first[0]:
+        return None
+    busy = 1.0 - (second[1] - first[1]) / (second[0] - first[0])
+    return max(0.0, busy) * (os.cpu_count() or 1)
+
+
+def other_load() -> float:
+    """Load that other processes put on the CPUs: the smallest of the 1-minute load average, the number of
+    other processes runnable right now (``/proc/loadavg``) and the cores measured busy over 0.3 s
+    (``/proc/stat``). The average alone still counts a job that has just finished (a ``pip install`` before
+    ``make demo``) and, on some virtual machines, idle kernel threads (a load near 1 on an idle machine was seen);
+    the runnable count alone counts a momentary blip. 0 where the system has none of them."""
+    measures: list[float] = []
+    try:
+        measures.append(float(os.getloadavg()[0]))
     except (AttributeError, OSError):
         return 0.0
     try:
         running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        measures.append(float(max(0, running - 1)))  # the snapshot counts this process too
     except (OSError, ValueError, IndexError):
-        return average
-    return min(average, float(max(0, running - 1)))  # the snapshot counts this process too
+        pass
+    busy = busy_cores()
+    if busy is not None:
+        measures.append(busy)
+    return min(measures)
 
 
 def choose_threads(requested: int | None = None, *, cores: int | None = None, load: float | None = None,

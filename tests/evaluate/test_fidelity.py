@@ -183,3 +183,13 @@ def test_genseg_run_exposes_its_generated_pairs(tmp_path):
     method.run(ctx)
     f = method_fidelity(method, ctx, Oracle(), n_pairs=5)
     assert f["n_synthetic"] == 5 and len(f["scores"]) == 5 and f["n_real"] == len(ctx.val)
+
+
+def test_fidelity_advice_is_computed_from_the_ratio():
+    from segsynth.evaluate.fidelity import fidelity_advice
+
+    low = fidelity_advice({"ratio": 0.34}, "genseg")
+    assert "ratio 0.34 < 0.90" in low and "genseg.pretrain_steps" in low and "genseg.min_fidelity" in low
+    assert "pretrain_steps" not in fidelity_advice({"ratio": 0.5})  # a folder of pairs: no generator options
+    assert fidelity_advice({"ratio": 0.95}) is None and fidelity_advice({"ratio": 1.05}) is None
+    assert "easier to segment" in fidelity_advice({"ratio": 1.3})

@@ -36,3 +36,17 @@ def test_unknown_name_and_option():
         build_segmenter("vnet", 2, 1, 2)
     with pytest.raises(ConfigError, match="unknown options"):
         build_segmenter("unet", 2, 1, 2, depth=3)
+
+
+def test_too_small_input_is_a_clear_error_not_an_instance_norm_traceback():
+    """16^3 volumes through a U-Net that down-samples 16x: a ConfigError naming the size and the way out."""
+    import pytest
+
+    from segsynth.errors import ConfigError
+    from segsynth.nets.segmenters import build_segmenter, check_input_size
+
+    net = build_segmenter("unet", 3, 1, 2, features=(4, 4, 8, 8, 16, 4))
+    with pytest.raises(ConfigError, match=r"16x16x16 voxels are too small for the unet.*at least 32"):
+        check_input_size(net, (16, 16, 16))
+    check_input_size(net, (32, 16, 16))  # deepest level 2x1x1: instance norm works
+    net.train()(torch.zeros(2, 1, 32, 16, 16)).sum().backward()

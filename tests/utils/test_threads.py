@@ -48,3 +48,25 @@ def test_cli_asks_openmp_to_wait_passively_before_torch_loads():
             "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "PASSIVE"]
+
+
+def test_busy_cores_from_cpu_time_and_the_smallest_load_wins(monkeypatch):
+    """An idle VM whose load average sits near 1 (kernel threads) must still get every core: the load is the
+    smallest of load average, runnable count and the cores /proc/stat measures busy."""
+    import os
+
+    from segsynth.utils import threads
+
+    samples = iter([(1000, 600), (1100, 700)])  # 100 jiffies elapsed, all idle
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(samples))
+    import time
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    assert threads.busy_cores() == 0.0
+    samples = iter([(1000, 600), (1100, 650)])  # half of all CPUs busy
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(samples))
+    assert threads.busy_cores() == pytest.approx(0.5 * (os.cpu_count() or 1))
+    monkeypatch.setattr(threads, "busy_cores", lambda interval=0.3: 0.05)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 1.0, 1.2))
+    assert threads.other_load() <= 0.05  # the runnable count may be smaller still
+    assert choose_threads(cores=2, load=threads.other_load(), env={}).threads == 2
