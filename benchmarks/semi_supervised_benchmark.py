@@ -3,6 +3,8 @@
 
     python benchmarks/semi_supervised_benchmark.py jsrt     # JSRT lungs, 7 train + 2 val labelled, 64 px
     python benchmarks/semi_supervised_benchmark.py kvasir   # Kvasir polyps, 40 train + 5 val labelled, 64 px
+    python benchmarks/semi_supervised_benchmark.py hippo3d --max-unlabelled 100 --steps 240
+        # hippocampus MRI volumes 40x56x40: 2 train + 2 val labelled, 100 unlabelled, 40 test
 
 Same splits for every method of a seed (the sweep's); the labelled cases not used for training, validation or
 test form the unlabelled pool (JSRT: 247 - 9 - 60 test = 178 images). 3 seeds, paired Wilcoxon over test cases
@@ -36,20 +38,27 @@ VARIANTS = {"mean_teacher_w1": ("mean_teacher", {"weight": 1.0})}
 DATA = {  # name: (folder, labelled training cases, validation cases, test cases)
     "jsrt": ("jsrt_lungs", 7, 2, 60),
     "kvasir": ("kvasir_polyps", 40, 5, 100),
+    "hippo3d": ("hippocampus", 2, 2, 40),  # volumes; the 2 labelled + 100 unlabelled (--max-unlabelled)
 }
+SHAPE_3D = (40, 56, 40)
+SMALL_UNET_3D = (8, 8, 16, 32, 64, 8)
 
 
 def sweep_config(a: argparse.Namespace) -> SweepConfig:
     folder, n, n_val, n_test = DATA[a.name]
-    train = TrainConfig(steps=a.steps, batch_size=8, lr=3e-3, val_every=max(1, a.steps // 10), progress=False)
+    three_d = a.name == "hippo3d"
+    train = TrainConfig(steps=a.steps, batch_size=2 if three_d else 8, lr=3e-3, val_every=max(1, a.steps // 10),
+                        progress=False)
+    spec = PreprocessSpec(spatial_dims=3, size=None, shape_3d=SHAPE_3D) if three_d else PreprocessSpec(size=a.size)
     options = {}
     for name, (base, opts) in VARIANTS.items():
         REGISTRY[name] = REGISTRY[base]
         options[name] = dict(opts)
     return SweepConfig(data=shared(folder), out=a.out / a.name, methods=list(a.methods), method_options=options,
                        n_values=[n], seeds=list(range(a.seeds)), n_val=n_val, n_test=n_test,
-                       max_unlabelled=a.max_unlabelled, segmenter_kwargs={"features": SMALL_UNET},
-                       spec=PreprocessSpec(size=a.size), train=train, device=a.device,
+                       max_unlabelled=a.max_unlabelled,
+                       segmenter_kwargs={"features": SMALL_UNET_3D if three_d else SMALL_UNET},
+                       spec=spec, train=train, device=a.device,
                        title=f"{folder}: {n} + {n_val} labelled + unlabelled pool")
 
 
@@ -102,9 +111,12 @@ def main() -> None:
         comparisons += paired(records, "fixmatch", "mean_teacher")
     cfg_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     folder, n, n_val, n_test = DATA[a.name]
-    n_pool = len(list((shared(folder) / "images").iterdir())) - n - n_val - n_test
+    images = shared(folder) / ("imagesTr" if (shared(folder) / "imagesTr").is_dir() else "images")
+    n_pool = len(list(images.iterdir())) - n - n_val - n_test
     cfg_json["n_unlabelled"] = min(n_pool, a.max_unlabelled or n_pool)  # the split's pool, masks dropped
-    path = write_summary(str((a.out / a.name).resolve().relative_to(RESULTS)), cfg_json, records, comparisons)
+    where = (a.out / a.name).resolve()  # results/<...>.json; an --out elsewhere gets its summary beside the sweep
+    name = str(where.relative_to(RESULTS.resolve())) if where.is_relative_to(RESULTS.resolve()) else str(where)
+    path = write_summary(name, cfg_json, records, comparisons)
     text = verdict(summarise(records), comparisons)
     import json
 

@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "genseg_aug_seg": ("genseg_aug", {"seg_weight": None}),
     "genseg_aug_wf": ("genseg_aug", {"weight_feedback": True}),
     "genseg_aug_seg_wf": ("genseg_aug", {"seg_weight": None, "weight_feedback": True}),
+    # the same Pix2Pix trained before the segmenter (all its GAN steps first, no feedback), pairs stacked with
+    # classical augmentation: the cheapest synthetic recipe (a segmenter step costs a plain step + 1 render)
+    "separate_aug": ("separate", {"augment_real": True}),
 }
 
 
@@ -186,7 +189,7 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
         for variant in a.variants:
             method = VARIANTS[variant][0]
             folder = base / variant / "runs" / run_key(method, n, seed) / "generator"
-            if not method.startswith("genseg") or not (folder / "genseg.json").exists():
+            if method in ("none", "augment") or not (folder / "genseg.json").exists():
                 continue
             reference = reference or reference_segmenter(ctx, reference_dir(ctx))
             gen = GenSegGenerator.load(folder)
