@@ -34,7 +34,16 @@ from segsynth.segment.train import TrainConfig  # noqa: E402
 SMALL_UNET = (16, 16, 32, 64, 128, 16)
 METHODS = ["augment", "mean_teacher", "fixmatch", "mean_teacher_w1"]
 # ablations: a registered method under another name with other options (the sweep keys options by name)
-VARIANTS = {"mean_teacher_w1": ("mean_teacher", {"weight": 1.0})}
+# GenSeg as in benchmarks/genseg_benchmark.py / synthesis_pays.py (64 px: width 16, 200 GAN steps first)
+GENSEG_SMALL = {"features": 16, "max_features": 128, "disc_features": 32, "pretrain_steps": 200, "arch_every": 2,
+                "gen_batch_size": 4, "arch_batch_size": 4, "derive_steps": 40}
+VARIANTS = {
+    "mean_teacher_w1": ("mean_teacher", {"weight": 1.0}),
+    # the issue's combination: the best synthetic recipe of issue 11 (GenSeg pairs stacked with augmentation)
+    # in the labelled stream, FixMatch on the real unlabelled images
+    "genseg_aug+fixmatch": ("fixmatch", {"labelled": "genseg_aug", **GENSEG_SMALL}),
+    "separate_aug+fixmatch": ("fixmatch", {"labelled": "separate", "augment_real": True, **GENSEG_SMALL}),
+}
 DATA = {  # name: (folder, labelled training cases, validation cases, test cases)
     "jsrt": ("jsrt_lungs", 7, 2, 60),
     "kvasir": ("kvasir_polyps", 40, 5, 100),

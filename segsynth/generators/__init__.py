@@ -22,6 +22,7 @@ METHODS: dict[str, str] = {
     "genseg": "segsynth.generators.genseg.methods:GenSegMethod",
     "separate": "segsynth.generators.genseg.methods:SeparateMethod",
     "genseg_aug": "segsynth.generators.genseg.methods:GenSegAugMethod",
+    "separate_aug": "segsynth.generators.genseg.methods:SeparateAugMethod",
     "genseg_frozen": "segsynth.generators.genseg.methods:GenSegFrozenMethod",
     "sas": "segsynth.generators.learned_transforms.methods:SASMethod",
     "sas_aug": "segsynth.generators.learned_transforms.methods:SASAugMethod",

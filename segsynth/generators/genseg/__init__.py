@@ -41,12 +41,13 @@ from segsynth.generators.genseg.methods import (
     GenSegAugMethod,
     GenSegFrozenMethod,
     GenSegMethod,
+    SeparateAugMethod,
     SeparateMethod,
 )
 from segsynth.generators.genseg.options import GENSEG_CONFIG, GenSegOptions
 from segsynth.generators.genseg.sources import AugmentedMasks, GeneratedSource
 
-__all__ = ["AugmentedMasks", "GENSEG_CONFIG", "GanTrainer", "GenSegAugMethod", "GenSegFrozenMethod",
+__all__ = ["AugmentedMasks", "GENSEG_CONFIG", "GanTrainer", "GenSegAugMethod", "SeparateAugMethod", "GenSegFrozenMethod",
            "GenSegGenerator", "GenSegHook", "GenSegMethod", "GenSegOptions", "GeneratedSource",
            "HYPERGRADIENT_MODES", "SeparateMethod", "UnrolledProblem", "architecture_hypergradient",
            "train_genseg"]

@@ -1,4 +1,4 @@
-"""GenSeg sweep methods: genseg, separate, genseg_aug, genseg_frozen."""
+"""GenSeg sweep methods: genseg, separate, genseg_aug, separate_aug, genseg_frozen."""
 
 from __future__ import annotations
 
@@ -63,6 +63,20 @@ class GenSegAugMethod(GenSegMethod):
     name: ClassVar[str] = "genseg_aug"
     description: ClassVar[str] = ("GenSeg + classical augmentation of the real pairs (generated pairs added to what "
                                   "`augment` trains on)")
+
+    def __init__(self, **options: Any):
+        super().__init__(**{"augment_real": True, **options})
+
+
+class SeparateAugMethod(SeparateMethod):
+    """The separately trained Pix2Pix (all its GAN steps before the segmenter) with its pairs stacked on classical
+    augmentation: a segmenter step costs about a plain step. The recipe that beat ``augment`` on Kvasir polyps at
+    800 segmenter steps (benchmarks/README.md, issue 11): the generated pairs delay the over-fitting that stops
+    ``augment`` early."""
+
+    name: ClassVar[str] = "separate_aug"
+    description: ClassVar[str] = ("Pix2Pix trained first (no segmentation feedback), its pairs added to what `augment` "
+                                  "trains on (real and generated pairs augmented alike)")
 
     def __init__(self, **options: Any):
         super().__init__(**{"augment_real": True, **options})

@@ -91,3 +91,25 @@ def test_genseg_aug_augments_the_real_pairs(tmp_path, monkeypatch):
     assert calls and set(calls) == {"combined"} and "arch_grad_norm" in set().union(*result.history)
     assert method.mix.augment_real and method.mix.synthetic_augmented
     assert not get_method("genseg_aug", augment_synthetic=False, **TINY_OPTS).mix.synthetic_augmented
+
+
+def test_separate_aug_is_separate_stacked_on_augmentation(tmp_path, monkeypatch):
+    """``separate_aug``: all GAN steps before the segmenter, no alpha updates, real and generated pairs augmented."""
+    import segsynth.data.transforms as transforms
+
+    calls = []
+    real = transforms.classical_augmentation
+
+    def spy(kind="combined", spatial_dims=2, flip=False):
+        calls.append(kind)
+        return real(kind, spatial_dims, flip)
+
+    monkeypatch.setattr(transforms, "classical_augmentation", spy)
+    method = get_method("separate_aug", **TINY_OPTS)
+    assert method.opts.augment_real and method.mix.synthetic_augmented and not method.feedback
+    assert get_method("separate_aug", augment_real=False, **TINY_OPTS).opts.augment_real is False
+    result = method.run(_blob_context(tmp_path))
+    keys = set().union(*result.history)
+    assert calls and "arch_grad_norm" not in keys and "gan_d" not in keys
+    pre = GenSegGenerator.load(tmp_path / "run" / "generator_pretrained")
+    assert pre.history["fit"][0]["steps"] == TINY_OPTS["pretrain_steps"] + 4
