@@ -42,7 +42,7 @@ VARIANTS = {
     # the issue's combination: the best synthetic recipe of issue 11 (GenSeg pairs stacked with augmentation)
     # in the labelled stream, FixMatch on the real unlabelled images
     "genseg_aug+fixmatch": ("fixmatch", {"labelled": "genseg_aug", **GENSEG_SMALL}),
-    "separate_aug+fixmatch": ("fixmatch", {"labelled": "separate", "augment_real": True, **GENSEG_SMALL}),
+    "separate_aug+fixmatch": ("fixmatch", {"labelled": "separate_aug", **GENSEG_SMALL}),
 }
 DATA = {  # name: (folder, labelled training cases, validation cases, test cases)
     "jsrt": ("jsrt_lungs", 7, 2, 60),
