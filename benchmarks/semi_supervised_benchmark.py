@@ -63,6 +63,8 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
     for name, (base, opts) in VARIANTS.items():
         REGISTRY[name] = REGISTRY[base]
         options[name] = dict(opts)
+    for name in ("genseg", "genseg_aug", "separate", "separate_aug"):  # the synthetic recipes alone, same GenSeg
+        options[name] = dict(GENSEG_SMALL)
     return SweepConfig(data=shared(folder), out=a.out / a.name, methods=list(a.methods), method_options=options,
                        n_values=[n], seeds=list(range(a.seeds)), n_val=n_val, n_test=n_test,
                        max_unlabelled=a.max_unlabelled,
