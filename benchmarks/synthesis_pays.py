@@ -191,10 +191,10 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
             folder = base / variant / "runs" / run_key(method, n, seed) / "generator"
             if method in ("none", "augment") or not (folder / "genseg.json").exists():
                 continue
-            # the variants' sweeps each trained this split's reference already (same key): load one of those
-            key = reference_dir(ctx).name
-            reuse = [base / v / "runs" / "_fidelity_reference" / key / "model" for v in a.variants]
-            reference = reference or reference_segmenter(ctx, reference_dir(ctx), reuse=reuse)
+            if reference is None:  # each variant's sweep trained this split's reference already (same key)
+                own = reference_dir(ctx)
+                reuse = [base / v / "runs" / "_fidelity_reference" / own.name / "model" for v in a.variants]
+                reference = reference_segmenter(ctx, own, reuse=reuse)
             gen = GenSegGenerator.load(folder)
             gen.set_source_masks(train)
             pairs = draw_pairs(GeneratedSource(gen, gen.source), n_pairs, seed=seed)

@@ -47,7 +47,7 @@ from segsynth.generators.genseg.methods import (
 from segsynth.generators.genseg.options import GENSEG_CONFIG, GenSegOptions
 from segsynth.generators.genseg.sources import AugmentedMasks, GeneratedSource
 
-__all__ = ["AugmentedMasks", "GENSEG_CONFIG", "GanTrainer", "GenSegAugMethod", "SeparateAugMethod", "GenSegFrozenMethod",
+__all__ = ["AugmentedMasks", "GENSEG_CONFIG", "GanTrainer", "GenSegAugMethod", "GenSegFrozenMethod",
            "GenSegGenerator", "GenSegHook", "GenSegMethod", "GenSegOptions", "GeneratedSource",
-           "HYPERGRADIENT_MODES", "SeparateMethod", "UnrolledProblem", "architecture_hypergradient",
+           "HYPERGRADIENT_MODES", "SeparateAugMethod", "SeparateMethod", "UnrolledProblem", "architecture_hypergradient",
            "train_genseg"]

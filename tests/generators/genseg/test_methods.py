@@ -16,6 +16,22 @@ from segsynth.segment.train import TrainConfig
 from tests.generators.genseg.helpers import TINY_OPTS, UNET, _blob_context, _cases
 
 
+@pytest.fixture
+def augmentation_calls(monkeypatch):
+    """The kinds of classical augmentation built while the test runs (the real builder still does the work)."""
+    import segsynth.data.transforms as transforms
+
+    calls = []
+    real = transforms.classical_augmentation
+
+    def spy(kind="combined", spatial_dims=2, flip=False):
+        calls.append(kind)
+        return real(kind, spatial_dims, flip)
+
+    monkeypatch.setattr(transforms, "classical_augmentation", spy)
+    return calls
+
+
 @pytest.mark.parametrize("method,segmenter", [("genseg", "unet"), ("separate", "unet"), ("genseg", "deeplab")])
 def test_methods_end_to_end_2d(tmp_path, method, segmenter):
     kw = UNET if segmenter == "unet" else {"aspp_channels": 4}
@@ -71,17 +87,8 @@ def test_options_are_checked_early():
         GenSegOptions(synthetic_fraction=1.0)
 
 
-def test_genseg_aug_augments_the_real_pairs(tmp_path, monkeypatch):
-    import segsynth.data.transforms as transforms
-
-    calls = []
-    real = transforms.classical_augmentation
-
-    def spy(kind="combined", spatial_dims=2, flip=False):
-        calls.append(kind)
-        return real(kind, spatial_dims, flip)
-
-    monkeypatch.setattr(transforms, "classical_augmentation", spy)
+def test_genseg_aug_augments_the_real_pairs(tmp_path, augmentation_calls):
+    calls = augmentation_calls
     method = get_method("genseg_aug", **TINY_OPTS)
     assert method.opts.augment_real and not get_method("genseg", **TINY_OPTS).opts.augment_real
     assert get_method("genseg_aug", augment_real=False, **TINY_OPTS).opts.augment_real is False
@@ -93,18 +100,9 @@ def test_genseg_aug_augments_the_real_pairs(tmp_path, monkeypatch):
     assert not get_method("genseg_aug", augment_synthetic=False, **TINY_OPTS).mix.synthetic_augmented
 
 
-def test_separate_aug_is_separate_stacked_on_augmentation(tmp_path, monkeypatch):
+def test_separate_aug_is_separate_stacked_on_augmentation(tmp_path, augmentation_calls):
     """``separate_aug``: all GAN steps before the segmenter, no alpha updates, real and generated pairs augmented."""
-    import segsynth.data.transforms as transforms
-
-    calls = []
-    real = transforms.classical_augmentation
-
-    def spy(kind="combined", spatial_dims=2, flip=False):
-        calls.append(kind)
-        return real(kind, spatial_dims, flip)
-
-    monkeypatch.setattr(transforms, "classical_augmentation", spy)
+    calls = augmentation_calls
     method = get_method("separate_aug", **TINY_OPTS)
     assert method.opts.augment_real and method.mix.synthetic_augmented and not method.feedback
     assert get_method("separate_aug", augment_real=False, **TINY_OPTS).opts.augment_real is False
