@@ -120,6 +120,9 @@ def main() -> None:
     comparisons = [c for m in cfg.methods if m != "augment" for c in paired(records, m, "augment")]
     if {"fixmatch", "mean_teacher"} <= set(cfg.methods):
         comparisons += paired(records, "fixmatch", "mean_teacher")
+    for m in cfg.methods:  # a combination against each of its parts: does one add to the other?
+        if "+" in m:
+            comparisons += [c for part in m.split("+") if part in cfg.methods for c in paired(records, m, part)]
     cfg_json = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     folder, n, n_val, n_test = DATA[a.name]
     images = shared(folder) / ("imagesTr" if (shared(folder) / "imagesTr").is_dir() else "images")
