@@ -204,6 +204,19 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
     return out
 
 
+def merge_fidelity(previous: Path, new: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Fidelity rows of this call plus those an earlier call of the same sweep measured for seeds whose generator
+    is gone now (run folders are not kept; a sweep extended by more seeds measures only the new ones)."""
+    if not previous.exists():
+        return new
+    old = json.loads(previous.read_text()).get("config", {}).get("label_fidelity", {}) or {}
+    merged = {}
+    for v in sorted(set(old) | set(new)):
+        rows = {r["seed"]: r for r in old.get(v, [])} | {r["seed"]: r for r in new.get(v, [])}
+        merged[v] = [rows[s] for s in sorted(rows)]
+    return merged
+
+
 def sweep_stage(a: argparse.Namespace) -> Path:
     t0 = time.perf_counter()
     seg_weight = chosen_seg_weight(a) if any(VARIANTS[v][1].get("seg_weight", 0) is None for v in a.variants) \
@@ -229,7 +242,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
             comparisons += paired(records, v, "augment")
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
               "wall_seconds": time.perf_counter() - t0}
-    config["label_fidelity"] = sweep_fidelity(a)
+    config["label_fidelity"] = merge_fidelity(RESULTS / f"{out.name}.json", sweep_fidelity(a))
     for v, rows in config["label_fidelity"].items():
         print(f"{v}: label fidelity {np.mean([r['synthetic_mean'] for r in rows]):.3f} vs real validation "
               f"{np.mean([r['real_val_mean'] for r in rows]):.3f} (ratio {np.mean([r['ratio'] for r in rows]):.2f})")
