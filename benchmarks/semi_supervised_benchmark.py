@@ -1,5 +1,9 @@
 """Semi-supervised training on unlabelled scans (issue 16): `augment` vs `mean_teacher` vs `fixmatch`
-(+ `mean_teacher_w1`: mean teacher with consistency weight 1 instead of the default 10).
+(+ `mean_teacher_w1`: mean teacher with consistency weight 1 instead of the default 10), and the combination with
+synthesis: `separate_aug+fixmatch` / `genseg_aug+fixmatch` (generated pairs stacked on augmentation in the labelled
+stream, FixMatch on the unlabelled images), beside `separate_aug` / `genseg_aug` alone (--methods).
+
+    python benchmarks/semi_supervised_benchmark.py jsrt --methods augment,fixmatch,separate_aug,separate_aug+fixmatch
 
     python benchmarks/semi_supervised_benchmark.py jsrt     # JSRT lungs, 7 train + 2 val labelled, 64 px
     python benchmarks/semi_supervised_benchmark.py kvasir   # Kvasir polyps, 40 train + 5 val labelled, 64 px
@@ -8,7 +12,7 @@
 
 Same splits for every method of a seed (the sweep's); the labelled cases not used for training, validation or
 test form the unlabelled pool (JSRT: 247 - 9 - 60 test = 178 images). 3 seeds, paired Wilcoxon over test cases
-(seeds averaged per case). Writes benchmarks/results/semi_supervised/<name>.json (Dice/HD95 mean ± sd, seconds
+(seeds averaged per case); a combination is also compared with each of its parts. Writes benchmarks/results/semi_supervised/<name>.json (Dice/HD95 mean ± sd, seconds
 and peak memory per run, paired tests, a one-line verdict), <name>_dice.png and the sweep (results.jsonl,
 report.html) under benchmarks/results/semi_supervised/<name>/. Sizes are set for 2 CPU cores (--steps to scale).
 """
