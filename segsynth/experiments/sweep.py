@@ -74,6 +74,9 @@ class SeedData:
     test_sets: list[tuple[str, list[Case]]]
 
 
+SHARED = "_shared"  # runs/_shared: what runs of one sweep reuse from each other (fitted generators)
+
+
 def run_key(method: str, n: int, seed: int) -> str:
     return f"{method}_n{n}_s{seed}"
 
@@ -288,7 +291,8 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         ctx = MethodContext(info=info, train=train, val=val, unlabelled=unlabelled, segmenter=cfg.segmenter,
                             segmenter_kwargs=dict(cfg.segmenter_kwargs),
                             train_config=replace(cfg.train, seed=seed), seed=seed, device=device,
-                            workdir=workdir, options=cfg.method_options.get(method_name, {}))
+                            workdir=workdir, shared_dir=out / "runs" / SHARED,
+                            options=cfg.method_options.get(method_name, {}))
         result = method.run(ctx)
     except (KeyboardInterrupt, DataError, ConfigError):
         raise

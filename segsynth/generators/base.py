@@ -55,6 +55,9 @@ class MethodContext:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     workdir: Path | None = None       # per-run folder for checkpoints and fitted generators
+    # a folder the runs of one sweep share: a generator fitted for one method is reused by another method of the
+    # same seed when its fit is the same (GenSeg's separate_aug and separate_aug+fixmatch); None: nothing shared
+    shared_dir: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)  # method options, e.g. {"n_synthetic": 200}
     # extra training-loop hooks a method passes on to train_segmenter (semi-supervised losses, see
     # segsynth.generators.semi_supervised): a method that trains through the one loop adds them to its own

@@ -34,6 +34,19 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _load_fitted(key: str, folders: list[Any], device: Any) -> GenSegGenerator | None:
+    """The generator fitted with this fit key in the first folder that holds it (this run's own, after a kill;
+    then the sweep's shared one, fitted by another method of the same seed), or None."""
+    for folder in folders:
+        if folder is None or not (folder / GENSEG_CONFIG).exists():
+            continue
+        old = GenSegGenerator.load(folder, device)
+        if old.history.get("fit_key") == key:
+            log.info("genseg: generator fitted already (%s): reused", folder)
+            return old
+    return None
+
+
 def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True, mix: Any = None
                  ) -> tuple[TrainResult, GenSegGenerator]:
     """Train a GenSeg (``feedback=True``) or "separate" generator and the segmenter; returns both.
@@ -60,20 +73,21 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     gen.build_for(train, k, seed=ctx.seed, device=device, info=ctx.info)
     key = _fingerprint(asdict(opts), pre_steps, ctx.seed, [c.case_id for c in train], patch, str(gen.spatial_shape))
     pre_dir = ctx.workdir / "generator_pretrained" if ctx.workdir else None
-    reused = False
-    if pre_dir is not None and (pre_dir / GENSEG_CONFIG).exists():
-        old = GenSegGenerator.load(pre_dir, device)
-        if old.history.get("fit_key") == key:
-            gen, reused = old, True
-            gen.info = ctx.info
+    shared = ctx.shared_dir / "genseg_pretrained" / key if ctx.shared_dir else None
+    reused = _load_fitted(key, [pre_dir, shared], device)
+    if reused is not None:
+        gen = reused
+        gen.info = ctx.info
     gen._require().set_fused(opts.fused_cells)
-    if not reused:
+    if reused is None:
         log.info("genseg: %d GAN steps of the generator (%s) before the segmenter", pre_steps,
                  "pre-training" if feedback else "separate training")
         gen.fit(train, device=device, seed=ctx.seed, steps=pre_steps, patch_size=patch, progress=cfg.progress)
         gen.history["fit_key"] = key
-        if pre_dir is not None and _rank() == 0:
-            gen.save(pre_dir)
+    if _rank() == 0:
+        for folder in (pre_dir, shared):
+            if folder is not None and not (folder / GENSEG_CONFIG).exists():
+                gen.save(folder)
     gen.set_source_masks(train)
     gen.ensure_seg_term(train, seed=ctx.seed, patch_size=patch)  # a reused pre-trained generator comes without one
     assert gen.source is not None

@@ -111,3 +111,39 @@ def test_separate_aug_is_separate_stacked_on_augmentation(tmp_path, augmentation
     assert calls and "arch_grad_norm" not in keys and "gan_d" not in keys
     pre = GenSegGenerator.load(tmp_path / "run" / "generator_pretrained")
     assert pre.history["fit"][0]["steps"] == TINY_OPTS["pretrain_steps"] + 4
+
+
+def test_runs_of_one_sweep_share_a_fitted_generator(tmp_path, monkeypatch):
+    """``separate_aug`` and ``separate_aug+fixmatch`` of one seed fit the same generator: the second run reuses the
+    first one's (from ``ctx.shared_dir``) and trains exactly what a fresh fit would give; another seed fits its own."""
+    import dataclasses
+
+    from segsynth.data.case import Case
+
+    fits = []
+    real_fit = GenSegGenerator.fit
+
+    def spy(self, *args, **kwargs):
+        fits.append(kwargs.get("seed"))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenSegGenerator, "fit", spy)
+    shared = tmp_path / "shared"
+
+    def ctx(name, seed=0, share=True):
+        c = _blob_context(tmp_path / name)
+        unlabelled = [Case(f"u{i}", x.image, None, {}) for i, x in enumerate(_cases(n=2))]
+        return dataclasses.replace(c, seed=seed, unlabelled=unlabelled, shared_dir=shared if share else None)
+
+    first = get_method("separate_aug", **TINY_OPTS).run(ctx("a"))
+    combined = get_method("fixmatch", labelled="separate_aug", threshold=0.5, **TINY_OPTS).run(ctx("b"))
+    assert fits == [0] and "fixmatch_loss" in set().union(*combined.history)  # fitted once, for both methods
+    assert (shared / "genseg_pretrained").is_dir() and (tmp_path / "b" / "run" / "generator_pretrained").is_dir()
+    reused = get_method("separate_aug", **TINY_OPTS).run(ctx("c"))
+    fresh = get_method("separate_aug", **TINY_OPTS).run(ctx("d", share=False))  # fits again, nothing shared
+    assert fits == [0, 0]
+    for a, b in zip(fresh.model.state_dict().values(), reused.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # a reused generator trains the same segmenter as a fresh fit
+    assert fresh.best_val_dice == reused.best_val_dice == first.best_val_dice
+    get_method("separate_aug", **TINY_OPTS).run(ctx("e", seed=1))
+    assert fits == [0, 0, 1]
