@@ -12,9 +12,10 @@ stream, FixMatch on the unlabelled images), beside `separate_aug` / `genseg_aug`
 
 Same splits for every method of a seed (the sweep's); the labelled cases not used for training, validation or
 test form the unlabelled pool (JSRT: 247 - 9 - 60 test = 178 images). 3 seeds, paired Wilcoxon over test cases
-(seeds averaged per case); a combination is also compared with each of its parts. Writes benchmarks/results/semi_supervised/<name>.json (Dice/HD95 mean ± sd, seconds
-and peak memory per run, paired tests, a one-line verdict), <name>_dice.png and the sweep (results.jsonl,
-report.html) under benchmarks/results/semi_supervised/<name>/. Sizes are set for 2 CPU cores (--steps to scale).
+(seeds averaged per case); a combination is also compared with each of its parts. Writes
+benchmarks/results/semi_supervised/<name>.json (Dice/HD95 mean ± sd, seconds and peak memory per run, paired
+tests, a one-line verdict), <name>_dice.png and the sweep (results.jsonl, report.html) under
+benchmarks/results/semi_supervised/<name>/. Sizes are set for 2 CPU cores (--steps to scale).
 """
 
 from __future__ import annotations

@@ -34,17 +34,36 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _load_fitted(key: str, folders: list[Any], device: Any) -> GenSegGenerator | None:
-    """The generator fitted with this fit key in the first folder that holds it (this run's own, after a kill;
-    then the sweep's shared one, fitted by another method of the same seed), or None."""
-    for folder in folders:
+def _load_fitted(key: str, own: Any, shared: Any, device: Any) -> GenSegGenerator | None:
+    """The generator fitted with this fit key: this run's own (after a kill), else the sweep's shared one (fitted
+    by another method of the same seed), else None. The shared folder is a cache other runs write, at the same
+    time under Ray: one that cannot be read (being replaced) counts as absent, and this run fits its own."""
+    for folder in (own, shared):
         if folder is None or not (folder / GENSEG_CONFIG).exists():
             continue
-        old = GenSegGenerator.load(folder, device)
+        try:
+            old = GenSegGenerator.load(folder, device)
+        except (DataError, OSError, RuntimeError) as e:
+            if folder is own:
+                raise
+            log.warning("genseg: shared generator %s unreadable (%s): fitting this run's own", folder, e)
+            continue
         if old.history.get("fit_key") == key:
             log.info("genseg: generator fitted already (%s): reused", folder)
             return old
     return None
+
+
+def _save_fitted(gen: GenSegGenerator, own: Any, shared: Any) -> None:
+    """Keep the fitted generator in the run's folder (a self-contained run, resumable) and in the sweep's shared
+    cache, each once. A concurrent run may write the shared copy at the same moment: that is not an error."""
+    if own is not None and not (own / GENSEG_CONFIG).exists():
+        gen.save(own)
+    if shared is not None and not (shared / GENSEG_CONFIG).exists():
+        try:
+            gen.save(shared)
+        except OSError as e:
+            log.warning("genseg: shared generator %s not written (%s); another run wrote it", shared, e)
 
 
 def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True, mix: Any = None
@@ -74,7 +93,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     key = _fingerprint(asdict(opts), pre_steps, ctx.seed, [c.case_id for c in train], patch, str(gen.spatial_shape))
     pre_dir = ctx.workdir / "generator_pretrained" if ctx.workdir else None
     shared = ctx.shared_dir / "genseg_pretrained" / key if ctx.shared_dir else None
-    reused = _load_fitted(key, [pre_dir, shared], device)
+    reused = _load_fitted(key, pre_dir, shared, device)
     if reused is not None:
         gen = reused
         gen.info = ctx.info
@@ -85,9 +104,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         gen.fit(train, device=device, seed=ctx.seed, steps=pre_steps, patch_size=patch, progress=cfg.progress)
         gen.history["fit_key"] = key
     if _rank() == 0:
-        for folder in (pre_dir, shared):
-            if folder is not None and not (folder / GENSEG_CONFIG).exists():
-                gen.save(folder)
+        _save_fitted(gen, pre_dir, shared)
     gen.set_source_masks(train)
     gen.ensure_seg_term(train, seed=ctx.seed, patch_size=patch)  # a reused pre-trained generator comes without one
     assert gen.source is not None

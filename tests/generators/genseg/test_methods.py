@@ -147,3 +147,18 @@ def test_runs_of_one_sweep_share_a_fitted_generator(tmp_path, monkeypatch):
     assert fresh.best_val_dice == reused.best_val_dice == first.best_val_dice
     get_method("separate_aug", **TINY_OPTS).run(ctx("e", seed=1))
     assert fits == [0, 0, 1]
+
+
+def test_an_unreadable_shared_generator_is_fitted_again_not_fatal(tmp_path, caplog):
+    """The shared folder is a cache other runs write (at the same time under Ray): a copy that cannot be read
+    counts as absent; the run fits its own generator and finishes."""
+    import dataclasses
+
+    shared = tmp_path / "shared"
+    get_method("separate_aug", **TINY_OPTS).run(dataclasses.replace(_blob_context(tmp_path / "a"), shared_dir=shared))
+    (cached,) = (shared / "genseg_pretrained").iterdir()
+    (cached / "genseg.json").write_text("{ half written")
+    result = get_method("separate_aug", **TINY_OPTS).run(
+        dataclasses.replace(_blob_context(tmp_path / "b"), shared_dir=shared))
+    assert 0.0 <= result.best_val_dice <= 1.0
+    assert "unreadable" in caplog.text and (tmp_path / "b" / "run" / "generator_pretrained" / "genseg.json").exists()
