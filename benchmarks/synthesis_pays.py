@@ -48,6 +48,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "genseg_aug_seg": ("genseg_aug", {"seg_weight": None}),
     "genseg_aug_wf": ("genseg_aug", {"weight_feedback": True}),
     "genseg_aug_seg_wf": ("genseg_aug", {"seg_weight": None, "weight_feedback": True}),
+    # GenSeg end to end at lower cost (issue 12): a GAN step every 2nd segmenter step, alpha updated less often
+    # once it settles (interval doubling up to 16)
+    "genseg_aug_fast": ("genseg_aug", {"gen_every": 2, "arch_every_max": 16}),
+    "genseg": ("genseg", {}),  # the paper's GenSeg: generated pairs with the real ones, no classical augmentation
+    "genseg_fast": ("genseg", {"gen_every": 2, "arch_every_max": 16}),
     # the same Pix2Pix trained before the segmenter (all its GAN steps first, no feedback), pairs stacked with
     # classical augmentation: the cheapest synthetic recipe (a segmenter step costs a plain step + 1 render)
     "separate_aug": ("separate", {"augment_real": True}),
@@ -240,6 +245,8 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
+        if v.endswith("_fast") and v[:-len("_fast")] in a.variants:  # the cheaper setting against the full one
+            comparisons += paired(records, v, v[:-len("_fast")])
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
               "wall_seconds": time.perf_counter() - t0}
     config["label_fidelity"] = merge_fidelity(RESULTS / f"{out.name}.json", sweep_fidelity(a))

@@ -31,6 +31,31 @@ def rng_scope(seed: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def sampling_layout(device: torch.device | str, spatial_dims: int, *modules: torch.nn.Module) -> Iterator[bool]:
+    """Channels-last weights while sampling 2D on the CPU; yields whether it is on (then give inputs the same
+    layout). oneDNN's convolutions and nearest up-sampling are faster that way: measured at 64², batch 64, 2
+    AVX2 cores: the label autoencoder's decoder 729 -> 451 ms, the SPADE generator 248 -> 206 ms, a diffusion
+    UNet evaluation 106 -> 98 ms (benchmarks/sampling_speed.py). Training stays contiguous (channels-last made
+    a U-Net training step slower here), so the weights are put back afterwards. Outputs equal those of the
+    contiguous layout up to float rounding (tests/generators/brainspade/test_sampling_layout.py)."""
+    on = torch.device(device).type == "cpu" and int(spatial_dims) == 2
+    if on:
+        for m in modules:
+            m.to(memory_format=torch.channels_last)
+    try:
+        yield on
+    finally:
+        if on:
+            for m in modules:
+                m.to(memory_format=torch.contiguous_format)
+
+
+def as_layout(x: torch.Tensor, on: bool) -> torch.Tensor:
+    """``x`` in channels-last layout when ``on`` (see ``sampling_layout``) and 4D, else unchanged."""
+    return x.contiguous(memory_format=torch.channels_last) if on and x.dim() == 4 else x
+
+
 def draw_seeds(n: int, generator: torch.Generator) -> list[int]:
     """``n`` per-sample seeds from a generator."""
     return [int(s) for s in torch.randint(0, 2**31 - 1, (n,), generator=generator).tolist()]

@@ -23,11 +23,13 @@ from segsynth.generators.brainspade.helpers import (
     _fit_key,
     _init_args,
     _spatial_shape_of,
+    as_layout,
     domain_of,
     domains_and_targets,
     draw_seeds,
     load_weights,
     rng_scope,
+    sampling_layout,
     style_partners,
 )
 from segsynth.generators.brainspade.losses import feature_matching_loss, info_nce, kld_loss, modality_loss
@@ -447,9 +449,11 @@ class ImageGenerator:
             records.append({"style_source": bank["ids"][j], "style_domain": bank["domains"][j]})
         z = torch.stack(zs).to(self.device)
         out = []
-        for start in range(0, len(z), int(self.config["sample_batch_size"])):
-            sl = slice(start, start + int(self.config["sample_batch_size"]))
-            out.append(self.decode(pv[sl].to(self.device).float(), z[sl]).float().cpu())
+        with sampling_layout(self.device, self.config["spatial_dims"], self.net) as fast:
+            for start in range(0, len(z), int(self.config["sample_batch_size"])):
+                sl = slice(start, start + int(self.config["sample_batch_size"]))
+                image = self.decode(as_layout(pv[sl].to(self.device).float(), fast), z[sl])
+                out.append(image.float().cpu().contiguous())
         return torch.cat(out), records
 
     def sample_from_seeds(self, seeds: Sequence[int], *, pv: torch.Tensor | None = None,

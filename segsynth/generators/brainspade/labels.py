@@ -24,9 +24,11 @@ from segsynth.generators.brainspade.helpers import (
     _fit_key,
     _init_args,
     _spatial_shape_of,
+    as_layout,
     draw_seeds,
     load_weights,
     rng_scope,
+    sampling_layout,
 )
 from segsynth.generators.brainspade.losses import SegmenterFeatureLoss, gaussian_kl
 from segsynth.generators.fit_checkpoint import FitCheckpoint
@@ -431,10 +433,11 @@ class LabelGenerator:
             raise ConfigError("this label generator is unconditional; do not pass conditions")
         inferer = LatentDiffusionInferer(scheduler, scale_factor=self.scale_factor)
         batch_seed = derive_seed("ddpm-steps", *seeds)
-        with rng_scope(batch_seed):
-            logits = inferer.sample(input_noise=noise.to(self.device), autoencoder_model=self.autoencoder,
-                                    diffusion_model=self.unet, scheduler=scheduler,
-                                    conditioning=None if cond is None else cond.to(self.device),
+        with rng_scope(batch_seed), sampling_layout(self.device, self.config["spatial_dims"], self.autoencoder,
+                                                    self.unet) as fast:
+            logits = inferer.sample(input_noise=as_layout(noise.to(self.device), fast),
+                                    autoencoder_model=self.autoencoder, diffusion_model=self.unet,
+                                    scheduler=scheduler, conditioning=None if cond is None else cond.to(self.device),
                                     mode="crossattn", verbose=False)
         pv = renormalise_pv(torch.softmax(logits.float(), 1)).cpu()
         records = []
