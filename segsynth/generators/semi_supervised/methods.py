@@ -79,6 +79,11 @@ class SemiSupervisedMethod(Method):
     def training_source(self, ctx: MethodContext) -> Any:
         return self.inner.training_source(ctx)
 
+    def synthetic_source(self, ctx: MethodContext) -> Any:
+        """The labelled-stream method's synthetic pairs (a combination such as ``separate_aug+fixmatch`` gets a
+        label fidelity like its generator method); None when that method makes none (``fixmatch`` = augment)."""
+        return self.inner.synthetic_source(ctx)
+
     def run(self, ctx: MethodContext) -> Any:
         hook = self.build_hook(ctx)
         inner_ctx = dataclasses.replace(ctx, hooks=[*ctx.hooks, hook], options=dict(self.inner_options))

@@ -149,6 +149,26 @@ def test_runs_of_one_sweep_share_a_fitted_generator(tmp_path, monkeypatch):
     assert fits == [0, 0, 1]
 
 
+def test_a_combination_offers_its_generator_pairs_for_label_fidelity(tmp_path):
+    """``separate_aug+fixmatch`` makes synthetic pairs (its labelled stream's), so a sweep scores their label
+    fidelity; ``fixmatch`` alone (augment + FixMatch) makes none."""
+    import dataclasses
+
+    from segsynth.data.case import Case
+    from segsynth.evaluate.fidelity import makes_synthetic_pairs, synthetic_source_of
+    from segsynth.utils.seed import torch_generator
+
+    unlabelled = [Case(f"u{i}", x.image, None, {}) for i, x in enumerate(_cases(n=2))]
+    ctx = dataclasses.replace(_blob_context(tmp_path), unlabelled=unlabelled)
+    combo = get_method("fixmatch", labelled="separate_aug", threshold=0.5, **TINY_OPTS)
+    assert makes_synthetic_pairs(combo) and not makes_synthetic_pairs(get_method("fixmatch"))
+    combo.run(ctx)
+    assert synthetic_source_of(get_method("fixmatch"), ctx) is None
+    x, y = synthetic_source_of(combo, ctx).draw(3, torch_generator(0))
+    assert x.shape[0] == y.shape[0] == 3 and x.shape[-2:] == y.shape[-2:]
+    assert set(torch.unique(y).tolist()) <= {0, 1} and torch.isfinite(x).all()
+
+
 def test_an_unreadable_shared_generator_is_fitted_again_not_fatal(tmp_path, caplog):
     """The shared folder is a cache other runs write (at the same time under Ray): a copy that cannot be read
     counts as absent; the run fits its own generator and finishes."""
