@@ -245,8 +245,9 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
-        if v.endswith("_fast") and v[:-len("_fast")] in a.variants:  # the cheaper setting against the full one
-            comparisons += paired(records, v, v[:-len("_fast")])
+        full = v.removesuffix("_fast")
+        if full != v and full in a.variants:  # the cheaper setting against the full one
+            comparisons += paired(records, v, full)
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
               "wall_seconds": time.perf_counter() - t0}
     config["label_fidelity"] = merge_fidelity(RESULTS / f"{out.name}.json", sweep_fidelity(a))

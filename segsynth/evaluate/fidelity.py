@@ -202,14 +202,9 @@ def _dir_lock(directory: Path) -> Iterator[None]:
 
 
 def makes_synthetic_pairs(method: Any) -> bool:
-    """Whether a method's class offers a synthetic stream (overrides ``Method.synthetic_source``)."""
-    from segsynth.generators.base import Method
-
-    inner = getattr(method, "inner", None)  # a semi-supervised combination: its labelled-stream method decides
-    if isinstance(inner, Method):
-        return makes_synthetic_pairs(inner)
-    fn = getattr(type(method), "synthetic_source", None)
-    return fn is not None and fn is not Method.synthetic_source
+    """Whether a method offers a synthetic stream (``Method.makes_synthetic_pairs``; False for other objects)."""
+    fn = getattr(method, "makes_synthetic_pairs", None)
+    return bool(fn()) if callable(fn) else False
 
 
 def synthetic_source_of(method: Any, ctx: Any) -> Any | None:

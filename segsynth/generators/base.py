@@ -99,6 +99,11 @@ class Method:
         ``segsynth.segment.synthetic_mix`` mixes it with the real pairs."""
         return None
 
+    def makes_synthetic_pairs(self) -> bool:
+        """Whether the method has a synthetic stream at all (known before ``run``): its class overrides
+        ``synthetic_source``. A sweep trains no label-fidelity reference when none of its methods does."""
+        return type(self).synthetic_source is not Method.synthetic_source
+
     def run(self, ctx: MethodContext) -> TrainResult:
         from segsynth.segment.train import train_segmenter
 

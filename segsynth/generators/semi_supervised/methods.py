@@ -84,6 +84,9 @@ class SemiSupervisedMethod(Method):
         label fidelity like its generator method); None when that method makes none (``fixmatch`` = augment)."""
         return self.inner.synthetic_source(ctx)
 
+    def makes_synthetic_pairs(self) -> bool:
+        return self.inner.makes_synthetic_pairs()
+
     def run(self, ctx: MethodContext) -> Any:
         hook = self.build_hook(ctx)
         inner_ctx = dataclasses.replace(ctx, hooks=[*ctx.hooks, hook], options=dict(self.inner_options))

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from segsynth.generators.brainspade import helpers, images, labels
+from segsynth.generators.brainspade import images, labels
 from segsynth.generators.brainspade.helpers import as_layout, sampling_layout
 
 
@@ -52,5 +52,5 @@ def test_layout_only_for_2d_on_the_cpu():
         assert not on
     assert as_layout(torch.randn(1, 2, 4, 4, 4), True).is_contiguous()  # 5D input: unchanged
     if torch.cuda.is_available():  # not measured on GPUs: left alone there
-        with helpers.sampling_layout("cuda", 2, conv) as on:
+        with sampling_layout("cuda", 2, conv) as on:
             assert not on
