@@ -65,8 +65,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "brainspade")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--dice-per-sampler", action="store_true", help="train S on each sampler's output too")
+    p.add_argument("--dice-per-sampler", action="store_true",
+                   help="train S on each sampler's output too (every seed), paired-tested against the first sampler")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="autocast of the generator networks' training and of the main sampling (segmenters: fp32); "
+                        "a sampler spec may name its own: --samplers ddim50,dpm10@bf16")
     p.add_argument("--no-ood", action="store_true", help="skip the out-of-domain experiment")
+    p.add_argument("--segmenters", default="R,S,H", type=lambda v: v.split(","),
+                   help="which of R (real), S (synthetic), H (both) to train (a run compared to another with "
+                        "fp32 segmenters can skip R: it trains the same R)")
+    p.add_argument("--compare-to", type=Path, default=None,
+                   help="an earlier brainspade_benchmark.json: pair each segmenter with its namesake there")
     for key, val in PRESETS["reduced"].items():
         p.add_argument(f"--{key.replace('_', '-')}", type=type(val), default=None)
     a = p.parse_args(argv)
@@ -173,6 +182,23 @@ def paired(runs: list[dict[str, Any]], a_name: str, b_name: str) -> dict[str, An
     return {"a": a_name, "b": b_name, **compare_methods(records, a_name, b_name, 0)}
 
 
+def compare_to_reference(path: Path, dataset: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each segmenter of this run against the same-named segmenter of an earlier run (``--compare-to``: e.g. this
+    run's generators trained in bf16, the earlier one's in fp32), paired over the same test cases and seeds."""
+    earlier = json.loads(Path(path).read_text())
+    ref = next((d for d in earlier.get("datasets", []) if d["dataset"] == dataset), None)
+    if ref is None or not all("per_case" in r for r in ref.get("runs", [])):
+        log.warning("--compare-to %s: no per-case runs of %s there; nothing compared", path, dataset)
+        return []
+    both = runs + [{**r, "segmenter": r["segmenter"] + "@ref"} for r in ref["runs"]]
+    names = sorted({r["segmenter"] for r in runs} & {r["segmenter"] for r in ref["runs"]})
+    out = [paired(both, n, n + "@ref") for n in names]
+    for c in out:
+        log.info("%s vs the reference run: %+.4f (Wilcoxon p %.3g, n %s)", c["a"], c.get("mean_diff", float("nan")),
+                 c.get("wilcoxon_p", float("nan")), c.get("n"))
+    return out
+
+
 def save_figure(path: Path, ds: dict[str, Any], synth: list[Case], runs: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -231,7 +257,7 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
                               ae_steps=a.ae_steps, ldm_steps=a.ldm_steps, spade_steps=a.spade_steps,
                               ae_batch_size=a.ae_batch, spade_batch_size=a.spade_batch, ae_lr=a.ae_lr,
                               ldm_lr=a.ldm_lr, lr_g=a.lr_g, lr_d=a.lr_d,
-                              target_style_prob=0.25 if ood else 0.0, progress=False)
+                              target_style_prob=0.25 if ood else 0.0, progress=False, precision=a.precision)
     stats_l, cost = timed(lambda: gen.labels.fit(ds["train"], val=ds["val"], device=device, seed=1), device)
     out["stages"]["label_generator_fit"] = {**cost, "ae_seconds": stats_l["ae_seconds"],
                                             "ldm_seconds": stats_l["ldm_seconds"],
@@ -245,7 +271,8 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
                                             "classifier": stats_i["classifier"]}
     log.info("image generator: %s", out["stages"]["image_generator_fit"])
 
-    synth, cost = timed(lambda: gen.sample(a.n_synthetic, generator=torch_generator(3), steps=50), device)
+    synth, cost = timed(lambda: gen.sample(a.n_synthetic, generator=torch_generator(3), steps=50,
+                                           precision=a.precision), device)
     out["stages"]["sampling_ddim50"] = {**cost, "n": len(synth), "pairs_per_s": len(synth) / cost["seconds"]}
     log.info("sampled %d pairs: %s", len(synth), out["stages"]["sampling_ddim50"])
 
@@ -269,29 +296,44 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
         real = CaseSource(ds["train"], num_classes=k)
         syn = CaseSource(synth, num_classes=k)
         for name, source in [("R", real), ("S", syn), ("H", MixedSource([(real, 0.5), (syn, 0.5)]))]:
+            if name not in a.segmenters:
+                continue
             r = train_and_test(name, source, ds["val"], ds["test"], info, a, seed, device)
             runs.append(r)
             log.info("%s seed %d: test Dice %.3f %s (%.0f s)", name, seed, r["dice_mean"], r["dice_per_class"],
                      r["seconds"])
-    out["comparisons"] = [paired(runs, "R", "S"), paired(runs, "R", "H")]
+    out["comparisons"] = [paired(runs, "R", x) for x in ("S", "H") if {"R", x} <= set(a.segmenters)]
 
     # sampling speed per sampler
     speed = []
-    for spec in a.samplers.split(","):
-        sampler = next(s for s in ("ddpm", "ddim", "dpm") if spec.startswith(s))  # ddim25, dpm15, ddpm1000
-        steps = int(spec[len(sampler):]) if sampler != "ddpm" and spec[len(sampler):] else None
-        res = sampling_speed(gen, a.speed_n, sampler=sampler, steps=steps, batch_size=min(16, a.speed_n))
+    specs = [v for v in a.samplers.split(",") if v]
+    for spec in specs:
+        kind, _, prec = spec.partition("@")  # ddim25, dpm15, ddpm1000, dpm10@bf16
+        sampler = next(s for s in ("ddpm", "ddim", "dpm") if kind.startswith(s))
+        steps = int(kind[len(sampler):]) if sampler != "ddpm" and kind[len(sampler):] else None
+        prec = prec or a.precision
+        res = sampling_speed(gen, a.speed_n, sampler=sampler, steps=steps, batch_size=min(64, a.speed_n),
+                             precision=prec)
         res["label"] = spec
         if a.dice_per_sampler:
-            syn_s = gen.sample(a.n_synthetic_sampler, generator=torch_generator(5), sampler=sampler, steps=steps)
-            r = train_and_test(f"S_{spec}", CaseSource(syn_s, num_classes=k), ds["val"], ds["test"], info, a,
-                               seeds[0], device)
-            res["dice_S"] = r["dice_mean"]
-            res["dice_S_per_class"] = r["dice_per_class"]
-            runs.append(r)
+            syn_s = gen.sample(a.n_synthetic_sampler, generator=torch_generator(5), sampler=sampler, steps=steps,
+                               precision=prec)
+            dice = []
+            for seed in seeds:
+                r = train_and_test(f"S_{spec}", CaseSource(syn_s, num_classes=k), ds["val"], ds["test"], info, a,
+                                   seed, device)
+                runs.append(r)
+                dice.append(r["dice_mean"])
+            res["dice_S"] = float(np.mean(dice))
+            res["dice_S_per_seed"] = dice
         speed.append(res)
-        log.info("sampling %s: %.2f pairs/s", spec, res["pairs_per_s"])
+        log.info("sampling %s: %.2f pairs/s%s", spec, res["pairs_per_s"],
+                 f", S Dice {res['dice_S']:.3f}" if "dice_S" in res else "")
     out["sampling_speed"] = speed
+    if a.dice_per_sampler and len(specs) > 1:  # each sampler's S against the first sampler's (same seeds)
+        out["sampler_comparisons"] = [paired(runs, f"S_{spec}", f"S_{specs[0]}") for spec in specs[1:]]
+        for c in out["sampler_comparisons"]:
+            log.info("%s vs %s: %s", c["a"], c["b"], {kk: v for kk, v in c.items() if kk not in ("a", "b")})
 
     # out of domain: style of the re-contrasted test subject
     if ood:
@@ -311,7 +353,9 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
         }
         for r in k_runs:
             log.info("OOD %s: Dice on target %.3f", r["segmenter"], r["dice_mean"])
-    out["runs"] = [{kk: v for kk, v in r.items() if kk != "per_case"} for r in runs]
+    out["runs"] = runs  # with per-case Dice, so that another run (e.g. in bf16) can be paired with this one
+    if a.compare_to is not None:
+        out["compared_to"] = compare_to_reference(a.compare_to, ds["name"], runs)
     save_figure(a.out / f"{ds['name']}_brainspade.png", ds, synth, runs)
     return out
 

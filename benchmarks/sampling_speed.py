@@ -4,7 +4,8 @@
 
 Pairs per second of the whole pair (label diffusion in latent space + autoencoder decode + SPADE image) at
 64² on the shipped hippocampus sample, for DDIM (50, 25 steps) and DPM-Solver++(2M) (``dpm``: 15, 10 steps;
-``segsynth.generators.brainspade.samplers``), each at batch sizes 16 and 64. Speed does not depend on what the
+``segsynth.generators.brainspade.samplers``), each at batch sizes 16 and 64, in fp32 and (where the CPU has
+native bf16 kernels, or on CUDA) bf16 autocast. Speed does not depend on what the
 networks learnt, so they are fitted for one step only (the default architecture of ``BrainSpadeGenerator``);
 whether fewer steps keep the Dice of a synthetic-only segmenter is ``brainspade_benchmark.py
 --samplers ddim50,dpm15,dpm10 --dice-per-sampler`` (trained models, much longer).
@@ -58,7 +59,8 @@ def build(size: int):
     return gen, data.info
 
 
-def stream_memory(gen, info, n: int, batch: int, sampler: str, steps: int) -> dict[str, Any]:
+def stream_memory(gen, info, n: int, batch: int, sampler: str, steps: int, precision: str = "fp32"
+                  ) -> dict[str, Any]:
     from segsynth.generators.brainspade import write_synthetic_dataset
 
     out = Path(tempfile.mkdtemp(prefix="segsynth_stream_")) / "syn"
@@ -76,7 +78,7 @@ def stream_memory(gen, info, n: int, batch: int, sampler: str, steps: int) -> di
     th.start()
     try:
         write_synthetic_dataset(gen, out, n, info=info, seed=0, batch_size=batch, sampler=sampler, steps=steps,
-                                fmt="nifti", progress=False)
+                                fmt="nifti", progress=False, precision=precision)
     finally:
         stop.set()
         th.join()
@@ -88,7 +90,8 @@ def stream_memory(gen, info, n: int, batch: int, sampler: str, steps: int) -> di
         hit = [r for _, r, w in samples if w >= goal]
         return float(hit[0]) if hit else float(samples[-1][1])
 
-    return {"n": n, "batch_size": batch, "sampler": sampler, "steps": steps, "seconds": seconds,
+    return {"n": n, "batch_size": batch, "sampler": sampler, "steps": steps, "precision": precision,
+            "seconds": seconds,
             "pairs_per_s": n / seconds, "rss_mb_at_10pct": at(0.1), "rss_mb_at_50pct": at(0.5),
             "rss_mb_at_end": float(samples[-1][1]), "rss_mb_peak": max(r for _, r, _ in samples)}
 
@@ -99,8 +102,8 @@ def plot(path: Path, rows: list[dict[str, Any]], target: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    labels = [f"{r['sampler']}{r['steps']} b{r['batch_size']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * len(rows)))
+    labels = [f"{r['sampler']}{r['steps']} b{r['batch_size']} {r.get('precision', 'fp32')}" for r in rows]
     ax.barh(range(len(rows)), [r["pairs_per_s"] for r in rows], color="tab:blue")
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
@@ -119,28 +122,37 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--n", type=int, default=128, help="pairs per speed measurement")
     p.add_argument("--batches", default="16,64")
+    p.add_argument("--samplers", default=",".join(f"{s}{n}" for s, n in SAMPLERS),
+                   help="sampler and steps, e.g. ddim50,dpm10,dpm8")
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="sampling precisions (bf16 runs only where the CPU has native bf16 kernels)")
     p.add_argument("--stream-n", type=int, default=2000, help="pairs written while memory is watched (0: skip)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=RESULTS / "sampling_speed.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     gen, info = build(a.size)
+    from segsynth.utils.precision import cpu_has_fast_bf16
+
+    precisions = [v for v in a.precisions.split(",") if v and (v != "bf16" or cpu_has_fast_bf16())]
+    samplers = [(v.rstrip("0123456789"), int(v[len(v.rstrip("0123456789")):])) for v in a.samplers.split(",") if v]
     rows = []
-    for sampler, steps in SAMPLERS:
+    for sampler, steps in samplers:
         for b in (int(v) for v in a.batches.split(",")):
-            gen.sample_from_seeds([0, 1], sampler=sampler, steps=steps)  # warm-up
-            r = sampling_speed(gen, a.n, sampler=sampler, steps=steps, batch_size=b)
-            r["batch_size"] = b
-            rows.append(r)
-            print(f"{sampler}{steps:<4d} batch {b:3d}: {r['pairs_per_s']:.1f} pairs/s", flush=True)
+            for prec in precisions:
+                gen.sample_from_seeds([0, 1], sampler=sampler, steps=steps, precision=prec)  # warm-up
+                r = sampling_speed(gen, a.n, sampler=sampler, steps=steps, batch_size=b, precision=prec)
+                r["batch_size"] = b
+                rows.append(r)
+                print(f"{sampler}{steps:<4d} batch {b:3d} {prec}: {r['pairs_per_s']:.1f} pairs/s", flush=True)
     best = max(rows, key=lambda r: r["pairs_per_s"])
-    stream = (stream_memory(gen, info, a.stream_n, best["batch_size"], best["sampler"], best["steps"])
-              if a.stream_n else None)
+    stream = (stream_memory(gen, info, a.stream_n, best["batch_size"], best["sampler"], best["steps"],
+                            best["precision"]) if a.stream_n else None)
     if stream:
         print(f"streamed {stream['n']} pairs at {stream['pairs_per_s']:.1f} pairs/s; RSS {stream['rss_mb_at_10pct']:.0f}"
               f" MB at 10 %, {stream['rss_mb_at_50pct']:.0f} at 50 %, {stream['rss_mb_at_end']:.0f} at the end")
     write_json(a.json, {"benchmark": "sampling_speed", "machine": machine(), "threads": a.threads, "size": a.size,
-                        "speed": rows, "stream": stream, "target_pairs_per_s": 50})
+                        "native_bf16": cpu_has_fast_bf16(), "speed": rows, "stream": stream, "target_pairs_per_s": 50})
     plot(a.json.with_suffix(".png"), rows, 50)
     print(f"wrote {a.json} and {a.json.with_suffix('.png')}")
 

@@ -23,6 +23,7 @@ Writes under benchmarks/results/: ``synthesis_pays_<name>_fidelity.json`` + ``.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -56,6 +57,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the same Pix2Pix trained before the segmenter (all its GAN steps first, no feedback), pairs stacked with
     # classical augmentation: the cheapest synthetic recipe (a segmenter step costs a plain step + 1 render)
     "separate_aug": ("separate", {"augment_real": True}),
+    # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
+    # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
+    "augment_bf16": ("augment", {"precision": "bf16"}),
+    "genseg_aug_fast_bf16": ("genseg_aug", {"gen_every": 2, "arch_every_max": 16, "precision": "bf16"}),
 }
 
 
@@ -164,7 +169,6 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
     """Per GenSeg variant and seed: label fidelity of the run's saved generator (derived and re-trained, rendering
     augmented training masks) against the ``augment`` reference segmenter of the same split, and of the real
     validation pairs (``segsynth.evaluate.fidelity``; the reference is trained once per split and kept)."""
-    import dataclasses
 
     from segsynth.data.splits import split_cases
     from segsynth.evaluate.fidelity import (
@@ -230,11 +234,13 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for variant in a.variants:
         method, extra = VARIANTS[variant]
         extra = {k: (seg_weight if k == "seg_weight" and v is None else v) for k, v in extra.items()}
+        precision = extra.pop("precision", a.precision)
         if "seg_weight" in extra:
             extra["seg_steps"] = a.seg_steps
         cfg = sweep_config(argparse.Namespace(**{**vars(a), "methods": [method], "tag": ""}))
         cfg.out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}" / variant
         cfg.report = False
+        cfg.train = dataclasses.replace(cfg.train, precision=precision)
         if method in cfg.method_options:
             cfg.method_options[method].update(extra)
         for r in run_sweep(cfg):
@@ -245,9 +251,10 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
-        full = v.removesuffix("_fast")
-        if full != v and full in a.variants:  # the cheaper setting against the full one
-            comparisons += paired(records, v, full)
+        for suffix in ("_fast", "_bf16"):  # the cheaper setting (or precision) against the full one
+            full = v.removesuffix(suffix)
+            if full != v and full in a.variants:
+                comparisons += paired(records, v, full)
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
               "wall_seconds": time.perf_counter() - t0}
     config["label_fidelity"] = merge_fidelity(RESULTS / f"{out.name}.json", sweep_fidelity(a))
@@ -307,6 +314,8 @@ def main() -> None:
     p.add_argument("--hypergradient", default="finite_difference")
     p.add_argument("--tag", default="")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
+                   help="training precision of every variant without its own (the *_bf16 variants: bf16)")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
     if a.threads:

@@ -97,9 +97,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-every", type=int, default=50, help="validate (and checkpoint) every this many steps")
     g.add_argument("--n-val", type=int, default=2, help="labelled cases held out for validation/model selection")
     g.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
-                   help="training and validation precision: auto = bf16 autocast where the device runs it fast "
-                        "(CUDA with bf16; a CPU with AMX/avx512_bf16), fp32 elsewhere; bf16 forces it (slow on "
-                        "CPUs without those); losses stay fp32 (default fp32)")
+                   help="training and validation precision of the segmenter and of the generators a method trains "
+                        "(GenSeg's GAN steps and rendering, brainSPADE's networks and sampling; GenSeg's "
+                        "architecture hypergradient stays fp32): auto = bf16 autocast where the device runs it "
+                        "fast (CUDA with bf16; a CPU with AMX/avx512_bf16), fp32 elsewhere; bf16 forces it (slow "
+                        "on CPUs without those); losses stay fp32 (default fp32)")
     g.add_argument("--amp", action="store_true", help="older switch: bf16 autocast on CUDA only")
     g.add_argument("--method-opt", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, e.g. augment.kind=rotate or genseg.n_synthetic=200 (repeatable)")

@@ -211,7 +211,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     out = write_synthetic_dataset(gen, a.out, a.n, info=info, seed=a.seed, batch_size=a.batch_size, masks=masks,
                                   mask_ids=mask_ids, styles=styles, style_domain=a.style_domain,
                                   sampler=a.sampler, steps=a.steps, model=model, fmt=a.format,
-                                  overwrite=a.overwrite, progress=not a.quiet, **shard_options(a))
+                                  overwrite=a.overwrite, progress=not a.quiet, precision=a.precision,
+                                  **shard_options(a))
     print(f"synthetic dataset: {out} ({a.n} pairs; provenance in {out / 'provenance.jsonl'})")
     return 0
 
@@ -333,6 +334,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default: the model's DDIM steps, 50; dpm: 15)")
     s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="sampling precision: bf16 autocast of the networks (auto: where the device runs it fast; "
+                        "CUDA, or a CPU with AMX / avx512_bf16); pairs are written in fp32 either way")
     s.add_argument("--format", choices=("auto", "png", "nifti"), default="auto")
     s.add_argument("--overwrite", action="store_true", help="replace a finished dataset at --out")
     add_shard_options(s)

@@ -14,6 +14,7 @@ from segsynth.data.case import Case
 from segsynth.data.transforms import RandomSpatial
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.fit_checkpoint import fingerprint
+from segsynth.utils.precision import PRECISIONS, autocast, resolve_precision
 from segsynth.utils.seed import seeded_scope
 
 CONDITIONS = (None, "slice_position", "class_presence")
@@ -49,6 +50,13 @@ def sampling_layout(device: torch.device | str, spatial_dims: int, *modules: tor
         if on:
             for m in modules:
                 m.to(memory_format=torch.contiguous_format)
+
+
+def sampling_precision(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager[None]:
+    """Autocast for sampling (``segsynth.utils.precision``: fp32, bf16, or auto = bf16 where the device runs it
+    fast). The networks' convolutions run in bf16; the solver's arithmetic, the softmax of the label maps and
+    the returned pairs stay fp32 (model outputs are cast up where they meet the fp32 latents)."""
+    return autocast(device, resolve_precision(precision, device))
 
 
 def as_layout(x: torch.Tensor, on: bool) -> torch.Tensor:
@@ -170,5 +178,14 @@ def load_weights(directory: str | Path, *pairs: tuple[torch.nn.Module, dict[str,
 
 
 def _fit_key(kind: str, config: dict[str, Any], not_fit: set[str], seed: int, *data: Any) -> str:
-    """Fingerprint of what a fit's result depends on: the training options, the seed and the data."""
-    return fingerprint(kind, {k: v for k, v in config.items() if k not in not_fit}, int(seed), *data)
+    """Fingerprint of what a fit's result depends on: the training options, the seed and the data.
+
+    ``precision`` counts only when it is not fp32, so checkpoints written before the option existed resume."""
+    skip = set(not_fit) | ({"precision"} if config.get("precision", "fp32") == "fp32" else set())
+    return fingerprint(kind, {k: v for k, v in config.items() if k not in skip}, int(seed), *data)
+
+
+def check_precision(precision: str) -> None:
+    """A ConfigError for a precision that is not fp32, bf16 or auto (the networks' training autocast)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")

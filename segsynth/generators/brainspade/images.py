@@ -24,6 +24,7 @@ from segsynth.generators.brainspade.helpers import (
     _init_args,
     _spatial_shape_of,
     as_layout,
+    check_precision,
     domain_of,
     domains_and_targets,
     draw_seeds,
@@ -39,6 +40,7 @@ from segsynth.generators.seg_term import SegmentationTerm, seg_term_features
 from segsynth.utils.config import load_state, save_module
 from segsynth.utils.device import resolve_device
 from segsynth.utils.files import atomic_path
+from segsynth.utils.precision import resolve_precision
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -94,8 +96,9 @@ class ImageGenerator:
                  spade_batch_size: int = 8, lr_g: float = 1e-4, lr_d: float = 4e-4, augment: bool = True,
                  style_other_slice: bool = True, target_style_prob: float = 0.5, style_noise: float = 1.0,
                  sample_batch_size: int = 16, progress: bool = True, lambda_seg: float = 0.0, seg_steps: int = 200,
-                 seg_cotrain: bool = False, seg_model: str | None = None):
+                 seg_cotrain: bool = False, seg_model: str | None = None, precision: str = "fp32"):
         self.config = _init_args(ImageGenerator.__init__, locals())
+        check_precision(precision)
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if spade_batch_size < 2:
@@ -240,7 +243,8 @@ class ImageGenerator:
         stage = (ckpt or FitCheckpoint(None)).stage("image_classifier", modules={"classifier": clf},
                                                     optimizers={"classifier": opt}, generators={"data": g})
         accs: list[float] = stage.restore().get("accs", [])
-        loop = FitLoop("modality classifier", steps, progress=c["progress"], stage=stage, device=dev)
+        loop = FitLoop("modality classifier", steps, progress=c["progress"], stage=stage, device=dev,
+                       precision=resolve_precision(c.get("precision", "fp32"), dev))
         for step in loop:
             half = bs // 2
             i_src = torch.randint(len(images), (half,), generator=g)
@@ -289,7 +293,8 @@ class ImageGenerator:
             optimizers={"spade": opt_g, "discriminator": opt_d, **({"seg_term": term.opt} if cot else {})},
             generators={"data": g, **({"seg_term": term.rng} if cot else {})})
         hist: list[dict[str, float]] = stage.restore().get("hist", [])  # restores g after its draw for disc init
-        loop = FitLoop("SPADE image generator", steps, progress=c["progress"], stage=stage, device=dev)
+        loop = FitLoop("SPADE image generator", steps, progress=c["progress"], stage=stage, device=dev,
+                       precision=resolve_precision(c.get("precision", "fp32"), dev))
         for step in loop:
             idx = torch.randint(len(images), (bs,), generator=g)
             style_idx = torch.tensor([partners[i][int(torch.randint(len(partners[i]), (1,), generator=g))]

@@ -12,6 +12,7 @@ import numpy as np
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
 from segsynth.generators.base import Method, MethodContext
+from segsynth.generators.brainspade.helpers import sampling_precision
 from segsynth.generators.brainspade.images import ImageGenerator
 from segsynth.generators.brainspade.labels import LabelGenerator
 from segsynth.generators.brainspade.pipeline import (
@@ -70,6 +71,7 @@ class _SyntheticPairsMethod(Method):
     def _make_generator(self, ctx: MethodContext) -> Any:
         opts = {"spatial_dims": ctx.info.spatial_dims, "num_classes": ctx.info.num_classes,
                 "progress": bool(ctx.train_config.progress) if ctx.train_config else True,
+                "precision": _precision(ctx),  # the run's --precision, unless the method options say otherwise
                 **self.generator_options}
         return self.generator_cls(**opts)
 
@@ -118,6 +120,11 @@ class _SyntheticPairsMethod(Method):
                           num_classes=ctx.info.num_classes)
 
 
+def _precision(ctx: MethodContext) -> str:
+    """Pairs are sampled in the run's training precision (``--precision``; fp32 unless asked)."""
+    return ctx.train_config.precision if ctx.train_config is not None else "fp32"
+
+
 class SpadeMethod(_SyntheticPairsMethod):
     """SPADE image generator on the training masks and warped copies of them (style from the training images)."""
 
@@ -127,8 +134,9 @@ class SpadeMethod(_SyntheticPairsMethod):
 
     def synthetic_cases(self, gen: ImageGenerator, ctx: MethodContext) -> list[Case]:
         g = torch_generator(derive_seed(ctx.seed, "spade-sample"))
-        return gen.sample(int(self.method_options["n_synthetic"]), generator=g,
-                          style_domain=self.method_options["style"], augment_masks=True)
+        with sampling_precision(gen.device, _precision(ctx)):
+            return gen.sample(int(self.method_options["n_synthetic"]), generator=g,
+                              style_domain=self.method_options["style"], augment_masks=True)
 
 
 class BrainSpadeMethod(_SyntheticPairsMethod):
@@ -146,4 +154,4 @@ class BrainSpadeMethod(_SyntheticPairsMethod):
         g = torch_generator(derive_seed(ctx.seed, "brainspade-sample"))
         return gen.sample(int(self.method_options["n_synthetic"]), generator=g,
                           style_domain=self.method_options["style"], sampler=self.method_options["sampler"],
-                          steps=self.method_options["sampling_steps"])
+                          steps=self.method_options["sampling_steps"], precision=_precision(ctx))

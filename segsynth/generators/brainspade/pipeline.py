@@ -18,6 +18,7 @@ from segsynth.data.partial_volume import pv_to_labels
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.brainspade.helpers import (
     draw_seeds,
+    sampling_precision,
 )
 from segsynth.generators.brainspade.images import ImageGenerator
 from segsynth.generators.brainspade.labels import LabelGenerator
@@ -75,16 +76,20 @@ class BrainSpadeGenerator:
     def sample_from_seeds(self, seeds: Sequence[int], *, masks: Sequence[Any] | None = None,
                           mask_ids: Sequence[str] | None = None, conditions: Any = None,
                           styles: dict[str, Any] | None = None, style_domain: str | None = None,
-                          sampler: str | None = None, steps: int | None = None) -> list[Case]:
-        """One pair per seed: labels from the label generator (or ``masks``), image painted by SPADE."""
+                          sampler: str | None = None, steps: int | None = None,
+                          precision: str = "fp32") -> list[Case]:
+        """One pair per seed: labels from the label generator (or ``masks``), image painted by SPADE.
+
+        ``precision``: fp32, bf16 or auto (``helpers.sampling_precision``)."""
         seeds = [int(s) for s in seeds]
-        if masks is not None:
-            pv = torch.stack([self.images.as_pv(m) for m in masks])
-            label_recs = [{"source_mask": mid} for mid in (mask_ids or ["given"] * len(seeds))]
-        else:
-            pv, label_recs = self.labels.sample_pv(seeds, conditions=conditions, sampler=sampler, steps=steps)
-            label_recs = [{"source_mask": "label-generator", **r} for r in label_recs]
-        images, style_recs = self.images.generate(pv, seeds, styles=styles, style_domain=style_domain)
+        with sampling_precision(self.images.device, precision):
+            if masks is not None:
+                pv = torch.stack([self.images.as_pv(m) for m in masks])
+                label_recs = [{"source_mask": mid} for mid in (mask_ids or ["given"] * len(seeds))]
+            else:
+                pv, label_recs = self.labels.sample_pv(seeds, conditions=conditions, sampler=sampler, steps=steps)
+                label_recs = [{"source_mask": "label-generator", **r} for r in label_recs]
+            images, style_recs = self.images.generate(pv, seeds, styles=styles, style_domain=style_domain)
         labels = pv_to_labels(pv)
         out = []
         for i, s in enumerate(seeds):
@@ -95,18 +100,18 @@ class BrainSpadeGenerator:
 
     def sample(self, n: int, *, generator: torch.Generator, masks: list[Any] | None = None,
                styles: Sequence[Case] | None = None, style_domain: str | None = None,
-               sampler: str | None = None, steps: int | None = None) -> list[Case]:
+               sampler: str | None = None, steps: int | None = None, precision: str = "fp32") -> list[Case]:
         style_bank = self.images.style_codes_of(styles) if styles else None
         if masks is not None:
             return self.sample_from_seeds(draw_seeds(len(masks), generator), masks=masks,
                                           mask_ids=[f"given:{i}" for i in range(len(masks))], styles=style_bank,
-                                          style_domain=style_domain)
+                                          style_domain=style_domain, precision=precision)
         seeds = draw_seeds(n, generator)
         bs = int(self.labels.config["sample_batch_size"])
         out: list[Case] = []
         for start in range(0, n, bs):
             out.extend(self.sample_from_seeds(seeds[start:start + bs], styles=style_bank, style_domain=style_domain,
-                                              sampler=sampler, steps=steps))
+                                              sampler=sampler, steps=steps, precision=precision))
         return out
 
     def save(self, directory: str | Path) -> None:
@@ -138,8 +143,10 @@ class SpadePairs:
     def __init__(self, generator: BrainSpadeGenerator | ImageGenerator, seed: int, batch_size: int = 16, *,
                  masks: Sequence[Any] | None = None, mask_ids: Sequence[str] | None = None,
                  style_bank: Any = None, style_domain: str | None = None, sampler: str | None = None,
-                 steps: int | None = None, model: str | None = None, progress: bool = True):
+                 steps: int | None = None, model: str | None = None, progress: bool = True,
+                 precision: str = "fp32"):
         self.generator, self.seed, self.batch_size = generator, seed, batch_size
+        self.precision = precision
         self.masks, self.mask_ids, self.style_bank, self.style_domain = masks, mask_ids, style_bank, style_domain
         self.sampler, self.steps, self.model, self.progress = sampler, steps, model, progress
         self.kind = "brainspade" if isinstance(generator, BrainSpadeGenerator) else "spade"
@@ -160,11 +167,12 @@ class SpadePairs:
             if isinstance(generator, BrainSpadeGenerator):
                 cases = generator.sample_from_seeds(seeds, masks=chunk_masks, mask_ids=chunk_ids,
                                                     styles=self.style_bank, style_domain=self.style_domain,
-                                                    sampler=self.sampler, steps=self.steps)
+                                                    sampler=self.sampler, steps=self.steps, precision=self.precision)
             else:
                 pv = None if chunk_masks is None else torch.stack([generator.as_pv(m) for m in chunk_masks])
-                cases = generator.sample_from_seeds(seeds, pv=pv, source_masks=chunk_ids, styles=self.style_bank,
-                                                    style_domain=self.style_domain)
+                with sampling_precision(generator.device, self.precision):
+                    cases = generator.sample_from_seeds(seeds, pv=pv, source_masks=chunk_ids,
+                                                        styles=self.style_bank, style_domain=self.style_domain)
             for i, case in zip(chunk, cases):
                 case.case_id = self.case_id(i)
                 case.meta.update(index=i, model=self.model)
@@ -179,13 +187,15 @@ def write_synthetic_dataset(generator: BrainSpadeGenerator | ImageGenerator, out
                             styles: Sequence[Case] | None = None, style_domain: str | None = None,
                             sampler: str | None = None, steps: int | None = None, model: str | None = None,
                             fmt: str = "auto", overwrite: bool = False, progress: bool = True,
-                            shards: int = 1, executor: str = "local", **executor_options: Any) -> Path:
+                            precision: str = "fp32", shards: int = 1, executor: str = "local",
+                            **executor_options: Any) -> Path:
     """Stream ``n`` synthetic pairs into a dataset folder; a killed run resumes where it stopped.
 
     Sample ``i`` is named ``syn{i:06d}`` and made from seed ``derive_seed(seed, "sample", i)``, so the
     resumed samples are the ones an uninterrupted run would have written. Only one batch is in memory.
     With ``masks``, sample ``i`` uses ``masks[i % len(masks)]``. Each case's provenance (seed, model, style
     source, sampler, source mask) lands in ``provenance.jsonl`` and the dataset's own ``dataset.json``.
+    ``precision``: fp32, bf16 or auto (bf16 where the device runs it fast; ``helpers.sampling_precision``).
     ``shards``/``executor``/``executor_options``: see ``segsynth.experiments.shards.write_pairs``.
     """
     from segsynth.experiments.shards import write_pairs
@@ -201,9 +211,9 @@ def write_synthetic_dataset(generator: BrainSpadeGenerator | ImageGenerator, out
         style_bank = img_gen.style_codes_of(styles)
     maker = SpadePairs(generator, seed, batch_size, masks=masks, mask_ids=mask_ids, style_bank=style_bank,
                        style_domain=style_domain, sampler=sampler, steps=steps, model=model,
-                       progress=progress and executor == "local")
+                       progress=progress and executor == "local", precision=precision)
     provenance = {"method": maker.kind, "model": model, "seed": seed, "n": n, "sampler": sampler, "steps": steps,
-                  "style_domain": style_domain, "style_images": [s.case_id for s in styles] if styles else None,
+                  "precision": precision, "style_domain": style_domain, "style_images": [s.case_id for s in styles] if styles else None,
                   "masks": len(masks) if masks is not None else None}
     return write_pairs(out_dir, info, n, maker, fmt=fmt, provenance=provenance,
                        name=f"{info.name} synthetic ({maker.kind})", overwrite=overwrite, shards=shards,
@@ -211,14 +221,15 @@ def write_synthetic_dataset(generator: BrainSpadeGenerator | ImageGenerator, out
 
 
 def sampling_speed(gen: BrainSpadeGenerator, n: int, *, sampler: str, steps: int | None = None,
-                   batch_size: int = 16, seed: int = 0) -> dict[str, float]:
+                   batch_size: int = 16, seed: int = 0, precision: str = "fp32") -> dict[str, Any]:
     """Pairs per second of ``gen`` with one sampler setting (label diffusion + decode + SPADE)."""
     t0 = time.perf_counter()
     done = 0
     while done < n:
         b = min(batch_size, n - done)
-        gen.sample_from_seeds([derive_seed(seed, "speed", done + j) for j in range(b)], sampler=sampler, steps=steps)
+        gen.sample_from_seeds([derive_seed(seed, "speed", done + j) for j in range(b)], sampler=sampler, steps=steps,
+                              precision=precision)
         done += b
     sec = time.perf_counter() - t0
-    return {"sampler": sampler, "steps": len(gen.labels._scheduler(sampler, steps).timesteps),
+    return {"sampler": sampler, "precision": precision, "steps": len(gen.labels._scheduler(sampler, steps).timesteps),
             "n": n, "seconds": sec, "pairs_per_s": n / sec if sec > 0 else math.inf}

@@ -23,6 +23,7 @@ from segsynth.segment.train import (
     train_segmenter,
 )
 from segsynth.utils.device import resolve_device
+from segsynth.utils.precision import describe_precision
 from segsynth.utils.seed import derive_seed
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,12 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     pre_steps = opts.pretrain_steps + (0 if feedback else in_loop_gan)
     gen = GenSegGenerator(**opts.generator_kwargs(), fit_steps=pre_steps)
     gen.build_for(train, k, seed=ctx.seed, device=device, info=ctx.info)
-    key = _fingerprint(asdict(opts), pre_steps, ctx.seed, [c.case_id for c in train], patch, str(gen.spatial_shape))
+    precision = cfg.autocast_dtype(device)  # the segmenter's precision is the generator's too
+    key_parts: list[Any] = [asdict(opts), pre_steps, ctx.seed, [c.case_id for c in train], patch,
+                            str(gen.spatial_shape)]
+    if precision is not None:  # fp32 keys stay as they were
+        key_parts.append(describe_precision(precision))
+    key = _fingerprint(*key_parts)
     pre_dir = ctx.workdir / "generator_pretrained" if ctx.workdir else None
     shared = ctx.shared_dir / "genseg_pretrained" / key if ctx.shared_dir else None
     reused = _load_fitted(key, pre_dir, shared, device)
@@ -98,6 +104,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         gen = reused
         gen.info = ctx.info
     gen._require().set_fused(opts.fused_cells)
+    gen.precision = precision
     if reused is None:
         log.info("genseg: %d GAN steps of the generator (%s) before the segmenter", pre_steps,
                  "pre-training" if feedback else "separate training")

@@ -9,6 +9,7 @@ from monai.losses import PatchAdversarialLoss
 
 from segsynth.errors import ConfigError
 from segsynth.generators.genseg.helpers import _average_grads, _frozen
+from segsynth.utils.precision import autocast
 
 if TYPE_CHECKING:
     from segsynth.generators.genseg.generator import GenSegGenerator
@@ -28,12 +29,18 @@ class GanTrainer:
         self.adv = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
         self.lambda_l1 = gen.options["lambda_l1"]
 
-    def generator_loss(self, onehot: torch.Tensor, target: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def generator_loss(self, onehot: torch.Tensor, target: torch.Tensor, fake: torch.Tensor,
+                       precision: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """LSGAN generator term + lambda L1 for already generated ``fake`` (all in [-1, 1]), + the segmentation
-        term (``gen.seg_term``: Dice + CE of a real-pair segmenter on ``fake`` against its mask) when present."""
+        term (``gen.seg_term``: Dice + CE of a real-pair segmenter on ``fake`` against its mask) when present.
+
+        ``precision`` autocasts the discriminator's forward; the losses are computed in fp32. The architecture's
+        hypergradient calls this in fp32 (its finite differences would drown in bf16 rounding)."""
         assert self.gen.disc is not None
-        adv = self.adv(self.gen.disc(torch.cat([onehot, fake], 1)), target_is_real=True, for_discriminator=False)
-        l1 = (fake - target).abs().mean()
+        with autocast(self.gen.device, precision):
+            pred = self.gen.disc(torch.cat([onehot, fake], 1))
+        adv = self.adv(pred.float(), target_is_real=True, for_discriminator=False)
+        l1 = (fake.float() - target).abs().mean()
         loss, parts = adv + self.lambda_l1 * l1, {"gan_g": float(adv.detach()), "gan_l1": float(l1.detach())}
         term = self.gen.seg_term
         if term is not None and term.weight > 0:
@@ -43,7 +50,9 @@ class GanTrainer:
         return loss, parts
 
     def step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
-        """One discriminator and one generator update on real pairs (x images, y label maps, CPU or device)."""
+        """One discriminator and one generator update on real pairs (x images, y label maps, CPU or device).
+
+        The forwards run under ``gen.precision`` autocast (bf16 or fp32); losses and optimiser steps in fp32."""
         gen, net, disc = self.gen, self.gen._require(), self.gen.disc
         assert disc is not None
         net.train()
@@ -51,10 +60,11 @@ class GanTrainer:
         onehot = gen.encode(y)
         target = gen.to_unit(x.to(gen.device, onehot.dtype))
         with _frozen(net.arch_parameters()):
-            fake = net(onehot, generator if net.dropout > 0 else None)
-            # discriminator: real pairs -> 1, generated pairs -> 0
-            pred_real = disc(torch.cat([onehot, target], 1))
-            pred_fake = disc(torch.cat([onehot, fake.detach()], 1))
+            with autocast(gen.device, gen.precision):
+                fake = net(onehot, generator if net.dropout > 0 else None).float()
+                # discriminator: real pairs -> 1, generated pairs -> 0
+                pred_real = disc(torch.cat([onehot, target], 1)).float()
+                pred_fake = disc(torch.cat([onehot, fake.detach()], 1)).float()
             loss_d = 0.5 * (self.adv(pred_real, target_is_real=True, for_discriminator=True)
                             + self.adv(pred_fake, target_is_real=False, for_discriminator=True))
             self.opt_d.zero_grad(set_to_none=True)
@@ -63,7 +73,7 @@ class GanTrainer:
             self.opt_d.step()
             # generator: fool the (updated) discriminator and stay close to the real image
             with _frozen(list(disc.parameters())):
-                loss_g, parts = self.generator_loss(onehot, target, fake)
+                loss_g, parts = self.generator_loss(onehot, target, fake, gen.precision)
                 self.opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
             _average_grads(net.weight_parameters())

@@ -90,6 +90,9 @@ class GenSegGenerator:
         self.history: dict[str, Any] = {}
         self.device = torch.device("cpu")
         self.seg_term: SegmentationTerm | None = None
+        #: autocast dtype of GAN steps and of rendering (``segsynth.utils.precision``); None = fp32. A run-time
+        #: choice (``train_genseg`` takes it from the segmenter's ``TrainConfig.precision``), never saved.
+        self.precision: torch.dtype | None = None
 
     # ------------------------------------------------------------------------------------------ building
 

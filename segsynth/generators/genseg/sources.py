@@ -12,6 +12,7 @@ from segsynth.data.case import Case
 from segsynth.data.mask_augment import MaskAugment
 from segsynth.errors import DataError
 from segsynth.segment.sources import collate, random_patch
+from segsynth.utils.precision import autocast
 from segsynth.utils.seed import torch_generator
 
 if TYPE_CHECKING:
@@ -91,10 +92,11 @@ class GeneratedSource:
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
         net = self.gen._require()
         g = torch_generator(seed) if net.dropout > 0 else None
-        if len({tuple(m.shape) for m in masks}) == 1:
-            images = list(self.gen.generate(torch.stack(masks), generator=g).float().cpu())
-        else:
-            images = [self.gen.generate(m[None], generator=g)[0].float().cpu() for m in masks]
+        with autocast(self.gen.device, self.gen.precision):  # rendering in the generator's precision
+            if len({tuple(m.shape) for m in masks}) == 1:
+                images = list(self.gen.generate(torch.stack(masks), generator=g).float().cpu())
+            else:
+                images = [self.gen.generate(m[None], generator=g)[0].float().cpu() for m in masks]
         xs, ys = [], []
         for x, y in zip(images, masks):
             if self.patch_size is not None:

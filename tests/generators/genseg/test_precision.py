@@ -1,0 +1,77 @@
+"""GenSeg under bf16 autocast: GAN forwards and rendering in bf16, losses and the hypergradient in fp32."""
+
+import dataclasses
+
+import torch
+
+from segsynth.generators.genseg import (
+    GanTrainer,
+    GeneratedSource,
+    GenSegGenerator,
+    GenSegOptions,
+    train_genseg,
+)
+from segsynth.segment.sources import CaseSource
+from tests.generators.genseg.helpers import TINY, TINY_OPTS, _blob_context, _cases
+
+
+def _conv_dtypes(module):
+    seen = []
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    return seen
+
+
+def test_a_bf16_gan_step_runs_its_forwards_in_bf16_and_keeps_fp32_weights():
+    gen = GenSegGenerator(**TINY, dropout=0.0)
+    cases = _cases()
+    gen.build_for(cases, seed=0)
+    gen.precision = torch.bfloat16
+    gan = GanTrainer(gen, lr=2e-3)
+    g_seen, d_seen = _conv_dtypes(gen.net), _conv_dtypes(gen.disc)
+    before = {k: v.clone() for k, v in gen.net.state_dict().items()}
+    alpha = [a.detach().clone() for a in gen.net.arch_parameters()]
+    x, y = CaseSource(cases).draw(4, torch.Generator().manual_seed(0))
+    parts = gan.step(x, y, torch.Generator().manual_seed(0))
+    assert set(g_seen) == {torch.bfloat16} and set(d_seen) == {torch.bfloat16}
+    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert all(p.dtype == torch.float32 for p in gen.net.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in gen.net.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in zip(alpha, gen.net.arch_parameters()))
+    # the same step in fp32 stays in fp32
+    gen.precision = None
+    g_seen.clear()
+    gan.step(x, y, torch.Generator().manual_seed(0))
+    assert set(g_seen) == {torch.float32}
+
+
+def test_generated_pairs_are_rendered_in_the_generators_precision_and_returned_in_fp32():
+    gen = GenSegGenerator(**TINY)
+    cases = _cases()
+    gen.fit(cases, seed=0, steps=1)
+    gen.precision = torch.bfloat16
+    seen = _conv_dtypes(gen.net)
+    x, y = GeneratedSource(gen, gen.source).draw(2, torch.Generator().manual_seed(1))
+    assert set(seen) == {torch.bfloat16}
+    assert x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_train_genseg_takes_the_segmenters_precision_and_keeps_the_hypergradient_fp32(tmp_path, monkeypatch):
+    import segsynth.generators.genseg.hook as hook
+
+    ctx = _blob_context(tmp_path)
+    ctx.train_config = dataclasses.replace(ctx.train_config, precision="bf16")
+    autocast_on_in_arch_step = []
+    real_hypergradient = hook.architecture_hypergradient
+
+    def spy(*args, **kwargs):
+        autocast_on_in_arch_step.append(torch.is_autocast_enabled("cpu"))
+        return real_hypergradient(*args, **kwargs)
+
+    monkeypatch.setattr(hook, "architecture_hypergradient", spy)
+    result, gen = train_genseg(ctx, GenSegOptions(**TINY_OPTS, arch_every=1, save_generator=False))
+    assert gen.precision == torch.bfloat16 and result.precision == "bf16"
+    assert autocast_on_in_arch_step and not any(autocast_on_in_arch_step)
+    assert all(torch.isfinite(p).all() for p in gen.net.parameters())
+    assert all(torch.isfinite(a).all() for a in gen.net.arch_parameters())
