@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, machine, shared  # noqa: E402
+from benchmarks.common import RESULTS, machine, parse_sampler_spec, shared  # noqa: E402
 from segsynth.data.case import Case  # noqa: E402
 
 log = logging.getLogger("brainspade_benchmark")
@@ -308,10 +308,7 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
     speed = []
     specs = [v for v in a.samplers.split(",") if v]
     for spec in specs:
-        kind, _, prec = spec.partition("@")  # ddim25, dpm15, ddpm1000, dpm10@bf16
-        sampler = next(s for s in ("ddpm", "ddim", "dpm") if kind.startswith(s))
-        steps = int(kind[len(sampler):]) if sampler != "ddpm" and kind[len(sampler):] else None
-        prec = prec or a.precision
+        sampler, steps, prec = parse_sampler_spec(spec, a.precision)  # ddim25, dpm15, ddpm1000, dpm10@bf16
         res = sampling_speed(gen, a.speed_n, sampler=sampler, steps=steps, batch_size=min(64, a.speed_n),
                              precision=prec)
         res["label"] = spec

@@ -23,6 +23,17 @@ def shared(name: str) -> Path:
     return path
 
 
+def parse_sampler_spec(spec: str, precision: str | None = None) -> tuple[str, int | None, str | None]:
+    """A brainSPADE sampler spec -> (sampler, steps, precision): ``ddim50`` -> ("ddim", 50, precision),
+    ``dpm10@bf16`` -> ("dpm", 10, "bf16"), ``ddpm1000`` / ``ddpm`` -> ("ddpm", None, precision) (all its steps)."""
+    kind, _, prec = spec.partition("@")
+    sampler = next((s for s in ("ddpm", "ddim", "dpm") if kind.startswith(s)), None)
+    if sampler is None:
+        raise SystemExit(f"sampler spec {spec!r}: expected ddim<N>, dpm<N> or ddpm, optionally @fp32/@bf16")
+    steps = int(kind[len(sampler):]) if sampler != "ddpm" and kind[len(sampler):] else None
+    return sampler, steps, prec or precision
+
+
 def machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

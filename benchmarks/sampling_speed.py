@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, machine  # noqa: E402
+from benchmarks.common import RESULTS, machine, parse_sampler_spec  # noqa: E402
 from segsynth.utils.files import write_json  # noqa: E402
 
 SAMPLERS = [("ddim", 50), ("ddim", 25), ("dpm", 15), ("dpm", 10)]
@@ -135,7 +135,7 @@ def main() -> None:
     from segsynth.utils.precision import cpu_has_fast_bf16
 
     precisions = [v for v in a.precisions.split(",") if v and (v != "bf16" or cpu_has_fast_bf16())]
-    samplers = [(v.rstrip("0123456789"), int(v[len(v.rstrip("0123456789")):])) for v in a.samplers.split(",") if v]
+    samplers = [parse_sampler_spec(v)[:2] for v in a.samplers.split(",") if v]
     rows = []
     for sampler, steps in samplers:
         for b in (int(v) for v in a.batches.split(",")):

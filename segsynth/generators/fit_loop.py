@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segsynth.generators.fit_checkpoint import StageCheckpoint
-from segsynth.utils.precision import autocast
+from segsynth.utils.precision import autocast, resolve_precision
 
 
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
@@ -58,13 +58,15 @@ class FitLoop:
         stage: checkpoint of this loop (``FitCheckpoint.stage``): the loop starts at ``stage.start`` and
             ``done`` saves through ``stage.after_step``; None: start at 0, nothing saved.
         device: where the loop computes (for ``autocast``).
-        precision: autocast dtype (``segsynth.utils.precision.resolve_precision``); None = fp32, no autocast.
+        precision: autocast dtype, or a precision name (fp32 / bf16 / auto) resolved for ``device``
+            (``segsynth.utils.precision.resolve_precision``); None = fp32, no autocast.
     """
 
     def __init__(self, desc: str, steps: int, *, progress: bool = False, stage: StageCheckpoint | None = None,
-                 device: torch.device | str = "cpu", precision: torch.dtype | None = None):
+                 device: torch.device | str = "cpu", precision: torch.dtype | str | None = None):
         self.desc, self.steps, self.progress, self.stage = desc, int(steps), bool(progress), stage
-        self.device, self.precision = device, precision
+        self.device = device
+        self.precision = resolve_precision(precision, device) if isinstance(precision, str) else precision
         self.start = stage.start if stage is not None else 0
         self.seconds = 0.0
         self.bar: tqdm | None = None

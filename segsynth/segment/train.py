@@ -46,7 +46,7 @@ from segsynth.segment.losses import dice_ce_loss, soft_dice_per_class
 from segsynth.segment.sources import PairSource, Prefetcher
 from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from segsynth.utils.files import atomic_path
-from segsynth.utils.precision import PRECISIONS, autocast, describe_precision, resolve_precision
+from segsynth.utils.precision import autocast, check_precision, describe_precision, resolve_precision
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ class TrainConfig:
     prefetch: int = 2  # batches drawn ahead on a background thread; 0 draws on the training thread
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
 

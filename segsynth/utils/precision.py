@@ -34,10 +34,16 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def check_precision(precision: str, name: str = "--precision") -> str:
+    """``precision`` when it is one of ``PRECISIONS``, else a ConfigError naming the option (``name``)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{name} {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device``: ``torch.bfloat16`` or ``None`` (plain fp32)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     device = torch.device(device)
     if precision == "fp32":
         return None

@@ -14,7 +14,7 @@ from segsynth.data.case import Case
 from segsynth.data.transforms import RandomSpatial
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.fit_checkpoint import fingerprint
-from segsynth.utils.precision import PRECISIONS, autocast, resolve_precision
+from segsynth.utils.precision import autocast, resolve_precision
 from segsynth.utils.seed import seeded_scope
 
 CONDITIONS = (None, "slice_position", "class_presence")
@@ -184,8 +184,3 @@ def _fit_key(kind: str, config: dict[str, Any], not_fit: set[str], seed: int, *d
     skip = set(not_fit) | ({"precision"} if config.get("precision", "fp32") == "fp32" else set())
     return fingerprint(kind, {k: v for k, v in config.items() if k not in skip}, int(seed), *data)
 
-
-def check_precision(precision: str) -> None:
-    """A ConfigError for a precision that is not fp32, bf16 or auto (the networks' training autocast)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")

@@ -24,13 +24,13 @@ from segsynth.generators.brainspade.helpers import (
     _init_args,
     _spatial_shape_of,
     as_layout,
-    check_precision,
     domain_of,
     domains_and_targets,
     draw_seeds,
     load_weights,
     rng_scope,
     sampling_layout,
+    sampling_precision,
     style_partners,
 )
 from segsynth.generators.brainspade.losses import feature_matching_loss, info_nce, kld_loss, modality_loss
@@ -40,7 +40,7 @@ from segsynth.generators.seg_term import SegmentationTerm, seg_term_features
 from segsynth.utils.config import load_state, save_module
 from segsynth.utils.device import resolve_device
 from segsynth.utils.files import atomic_path
-from segsynth.utils.precision import resolve_precision
+from segsynth.utils.precision import check_precision
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class ImageGenerator:
                  sample_batch_size: int = 16, progress: bool = True, lambda_seg: float = 0.0, seg_steps: int = 200,
                  seg_cotrain: bool = False, seg_model: str | None = None, precision: str = "fp32"):
         self.config = _init_args(ImageGenerator.__init__, locals())
-        check_precision(precision)
+        check_precision(precision, "precision")
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if spade_batch_size < 2:
@@ -244,7 +244,7 @@ class ImageGenerator:
                                                     optimizers={"classifier": opt}, generators={"data": g})
         accs: list[float] = stage.restore().get("accs", [])
         loop = FitLoop("modality classifier", steps, progress=c["progress"], stage=stage, device=dev,
-                       precision=resolve_precision(c.get("precision", "fp32"), dev))
+                       precision=c["precision"])
         for step in loop:
             half = bs // 2
             i_src = torch.randint(len(images), (half,), generator=g)
@@ -294,7 +294,7 @@ class ImageGenerator:
             generators={"data": g, **({"seg_term": term.rng} if cot else {})})
         hist: list[dict[str, float]] = stage.restore().get("hist", [])  # restores g after its draw for disc init
         loop = FitLoop("SPADE image generator", steps, progress=c["progress"], stage=stage, device=dev,
-                       precision=resolve_precision(c.get("precision", "fp32"), dev))
+                       precision=c["precision"])
         for step in loop:
             idx = torch.randint(len(images), (bs,), generator=g)
             style_idx = torch.tensor([partners[i][int(torch.randint(len(partners[i]), (1,), generator=g))]
@@ -463,8 +463,11 @@ class ImageGenerator:
 
     def sample_from_seeds(self, seeds: Sequence[int], *, pv: torch.Tensor | None = None,
                           source_masks: Sequence[str] | None = None, styles: dict[str, Any] | None = None,
-                          style_domain: str | None = None, augment_masks: bool = True) -> list[Case]:
-        """One pair per seed: given PV maps, or training masks (warped when ``augment_masks``)."""
+                          style_domain: str | None = None, augment_masks: bool = True,
+                          precision: str = "fp32") -> list[Case]:
+        """One pair per seed: given PV maps, or training masks (warped when ``augment_masks``).
+
+        ``precision``: fp32, bf16 or auto (``helpers.sampling_precision``)."""
         seeds = [int(s) for s in seeds]
         contents: list[dict[str, Any]] = []
         if pv is None:
@@ -477,7 +480,8 @@ class ImageGenerator:
         else:
             names = list(source_masks) if source_masks is not None else ["given"] * len(seeds)
             contents = [{"source_mask": n} for n in names]
-        images, recs = self.generate(pv, seeds, styles=styles, style_domain=style_domain)
+        with sampling_precision(self.device, precision):
+            images, recs = self.generate(pv, seeds, styles=styles, style_domain=style_domain)
         labels = pv_to_labels(pv)
         out = []
         for i, s in enumerate(seeds):
@@ -488,16 +492,16 @@ class ImageGenerator:
 
     def sample(self, n: int, *, generator: torch.Generator, masks: list[Any] | None = None,
                styles: Sequence[Case] | None = None, style_domain: str | None = None,
-               augment_masks: bool = True) -> list[Case]:
+               augment_masks: bool = True, precision: str = "fp32") -> list[Case]:
         """``n`` pairs on training masks (warped), or one per given mask (label maps or PV maps (K, *S))."""
         style_bank = self.style_codes_of(styles) if styles else None
         if masks is None:
             return self.sample_from_seeds(draw_seeds(n, generator), styles=style_bank, style_domain=style_domain,
-                                          augment_masks=augment_masks)
+                                          augment_masks=augment_masks, precision=precision)
         pv = torch.stack([self.as_pv(m) for m in masks])
         return self.sample_from_seeds(draw_seeds(len(masks), generator), pv=pv,
                                       source_masks=[f"given:{i}" for i in range(len(masks))], styles=style_bank,
-                                      style_domain=style_domain)
+                                      style_domain=style_domain, precision=precision)
 
     def as_pv(self, m: Any) -> torch.Tensor:
         """A label map (*S) int or a PV map (K, *S) float -> PV map tensor (K, *S)."""

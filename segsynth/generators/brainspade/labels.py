@@ -25,7 +25,6 @@ from segsynth.generators.brainspade.helpers import (
     _init_args,
     _spatial_shape_of,
     as_layout,
-    check_precision,
     draw_seeds,
     load_weights,
     rng_scope,
@@ -36,7 +35,7 @@ from segsynth.generators.fit_checkpoint import FitCheckpoint
 from segsynth.generators.fit_loop import FitLoop, optimizer_step, tail_mean
 from segsynth.utils.config import load_state, save_module
 from segsynth.utils.device import resolve_device
-from segsynth.utils.precision import resolve_precision
+from segsynth.utils.precision import check_precision
 from segsynth.utils.seed import derive_seed, torch_generator
 
 
@@ -94,7 +93,7 @@ class LabelGenerator:
                  latent_copies: int = 8, sampler: str = "ddim", sampling_steps: int = 50,
                  sample_batch_size: int = 16, progress: bool = True, precision: str = "fp32"):
         self.config = _init_args(LabelGenerator.__init__, locals())
-        check_precision(precision)
+        check_precision(precision, "precision")
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if condition not in CONDITIONS:
@@ -279,7 +278,7 @@ class LabelGenerator:
         last: dict[str, float] = saved.get("last", {})
         l1_hist: list[float] = saved.get("l1_hist", [])
         loop = FitLoop("label autoencoder", steps, progress=c["progress"], stage=stage, device=dev,
-                       precision=resolve_precision(c.get("precision", "fp32"), dev))
+                       precision=c["precision"])
         for step in loop:
             idx = torch.randint(len(pvs), (bs,), generator=g)
             x = pvs[idx]
@@ -364,7 +363,7 @@ class LabelGenerator:
         saved = stage.restore()
         losses: list[float] = saved.get("losses", [])
         loop = FitLoop("label diffusion", steps, progress=c["progress"], stage=stage, device=dev,
-                       precision=resolve_precision(c.get("precision", "fp32"), dev))
+                       precision=c["precision"])
         for step in loop:
             idx = torch.randint(len(mu), (bs,), generator=g)
             eps = torch.randn(mu[idx].shape, generator=g)

@@ -12,7 +12,6 @@ import numpy as np
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
 from segsynth.generators.base import Method, MethodContext
-from segsynth.generators.brainspade.helpers import sampling_precision
 from segsynth.generators.brainspade.images import ImageGenerator
 from segsynth.generators.brainspade.labels import LabelGenerator
 from segsynth.generators.brainspade.pipeline import (
@@ -134,9 +133,8 @@ class SpadeMethod(_SyntheticPairsMethod):
 
     def synthetic_cases(self, gen: ImageGenerator, ctx: MethodContext) -> list[Case]:
         g = torch_generator(derive_seed(ctx.seed, "spade-sample"))
-        with sampling_precision(gen.device, _precision(ctx)):
-            return gen.sample(int(self.method_options["n_synthetic"]), generator=g,
-                              style_domain=self.method_options["style"], augment_masks=True)
+        return gen.sample(int(self.method_options["n_synthetic"]), generator=g,
+                          style_domain=self.method_options["style"], augment_masks=True, precision=_precision(ctx))
 
 
 class BrainSpadeMethod(_SyntheticPairsMethod):

@@ -170,9 +170,8 @@ class SpadePairs:
                                                     sampler=self.sampler, steps=self.steps, precision=self.precision)
             else:
                 pv = None if chunk_masks is None else torch.stack([generator.as_pv(m) for m in chunk_masks])
-                with sampling_precision(generator.device, self.precision):
-                    cases = generator.sample_from_seeds(seeds, pv=pv, source_masks=chunk_ids,
-                                                        styles=self.style_bank, style_domain=self.style_domain)
+                cases = generator.sample_from_seeds(seeds, pv=pv, source_masks=chunk_ids, styles=self.style_bank,
+                                                    style_domain=self.style_domain, precision=self.precision)
             for i, case in zip(chunk, cases):
                 case.case_id = self.case_id(i)
                 case.meta.update(index=i, model=self.model)
@@ -213,7 +212,8 @@ def write_synthetic_dataset(generator: BrainSpadeGenerator | ImageGenerator, out
                        style_domain=style_domain, sampler=sampler, steps=steps, model=model,
                        progress=progress and executor == "local", precision=precision)
     provenance = {"method": maker.kind, "model": model, "seed": seed, "n": n, "sampler": sampler, "steps": steps,
-                  "precision": precision, "style_domain": style_domain, "style_images": [s.case_id for s in styles] if styles else None,
+                  "precision": precision, "style_domain": style_domain,
+                  "style_images": [s.case_id for s in styles] if styles else None,
                   "masks": len(masks) if masks is not None else None}
     return write_pairs(out_dir, info, n, maker, fmt=fmt, provenance=provenance,
                        name=f"{info.name} synthetic ({maker.kind})", overwrite=overwrite, shards=shards,
