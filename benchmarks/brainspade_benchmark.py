@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segmenters", default="R,S,H", type=lambda v: v.split(","),
                    help="which of R (real), S (synthetic), H (both) to train (a run compared to another with "
                         "fp32 segmenters can skip R: it trains the same R)")
+    p.add_argument("--generators", type=Path, default=None,
+                   help="folder of fitted generators, one sub-folder per dataset: loaded when there (the fitting "
+                        "stages are skipped), else fitted and saved there, so that several sampler studies share "
+                        "one fit")
+    p.add_argument("--draw-per-seed", action="store_true",
+                   help="with --dice-per-sampler: each segmenter seed trains on its own draw of pairs (else one "
+                        "draw per sampler, shared by the seeds)")
     p.add_argument("--compare-to", type=Path, default=None,
                    help="an earlier brainspade_benchmark.json: pair each segmenter with its namesake there")
     for key, val in PRESETS["reduced"].items():
@@ -240,24 +247,8 @@ def save_figure(path: Path, ds: dict[str, Any], synth: list[Case], runs: list[di
     plt.close(fig)
 
 
-def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    from segsynth.evaluate.privacy import memorisation_audit
-    from segsynth.evaluate.quality import quality_report
-    from segsynth.generators.brainspade import BrainSpadeGenerator, sampling_speed
-    from segsynth.segment.sources import CaseSource, MixedSource
-    from segsynth.utils.seed import torch_generator
-
-    info = ds["info"]
-    out: dict[str, Any] = {"dataset": ds["name"], "split": ds["split"], "classes": info.labels, "stages": {}}
-    log.info("%s: %s", ds["name"], ds["split"])
-    ood = ds["name"] == "aomic_brain" and not a.no_ood
-    target = [pseudo_t2(c) for c in ds["test"]] if ood else []
-    unlabelled = [Case(c.case_id, c.image, None, c.meta) for c in target]
-    gen = BrainSpadeGenerator(spatial_dims=2, num_classes=info.num_classes, in_channels=info.in_channels,
-                              ae_steps=a.ae_steps, ldm_steps=a.ldm_steps, spade_steps=a.spade_steps,
-                              ae_batch_size=a.ae_batch, spade_batch_size=a.spade_batch, ae_lr=a.ae_lr,
-                              ldm_lr=a.ldm_lr, lr_g=a.lr_g, lr_d=a.lr_d,
-                              target_style_prob=0.25 if ood else 0.0, progress=False, precision=a.precision)
+def fit_generators(gen, ds: dict[str, Any], unlabelled: list[Case], out: dict[str, Any], device: torch.device) -> None:
+    """Fit the label and the image generator on the training cases; their costs and losses go to ``out``."""
     stats_l, cost = timed(lambda: gen.labels.fit(ds["train"], val=ds["val"], device=device, seed=1), device)
     out["stages"]["label_generator_fit"] = {**cost, "ae_seconds": stats_l["ae_seconds"],
                                             "ldm_seconds": stats_l["ldm_seconds"],
@@ -270,6 +261,35 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
     out["stages"]["image_generator_fit"] = {**cost, "gan": stats_i["gan"]["final"], "domains": stats_i["domains"],
                                             "classifier": stats_i["classifier"]}
     log.info("image generator: %s", out["stages"]["image_generator_fit"])
+
+
+def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    from segsynth.evaluate.privacy import memorisation_audit
+    from segsynth.evaluate.quality import quality_report
+    from segsynth.generators.brainspade import BrainSpadeGenerator, sampling_speed
+    from segsynth.segment.sources import CaseSource, MixedSource
+    from segsynth.utils.seed import derive_seed, torch_generator
+
+    info = ds["info"]
+    out: dict[str, Any] = {"dataset": ds["name"], "split": ds["split"], "classes": info.labels, "stages": {}}
+    log.info("%s: %s", ds["name"], ds["split"])
+    ood = ds["name"] == "aomic_brain" and not a.no_ood
+    target = [pseudo_t2(c) for c in ds["test"]] if ood else []
+    unlabelled = [Case(c.case_id, c.image, None, c.meta) for c in target]
+    gen = BrainSpadeGenerator(spatial_dims=2, num_classes=info.num_classes, in_channels=info.in_channels,
+                              ae_steps=a.ae_steps, ldm_steps=a.ldm_steps, spade_steps=a.spade_steps,
+                              ae_batch_size=a.ae_batch, spade_batch_size=a.spade_batch, ae_lr=a.ae_lr,
+                              ldm_lr=a.ldm_lr, lr_g=a.lr_g, lr_d=a.lr_d,
+                              target_style_prob=0.25 if ood else 0.0, progress=False, precision=a.precision)
+    saved = a.generators / ds["name"] if a.generators is not None else None
+    if saved is not None and saved.exists():
+        gen = BrainSpadeGenerator.load(saved, device)
+        out["stages"]["generators_loaded_from"] = str(saved)
+        log.info("generators loaded from %s (fitting skipped)", saved)
+    else:
+        fit_generators(gen, ds, unlabelled, out, device)
+        if saved is not None:
+            gen.save(saved)
 
     synth, cost = timed(lambda: gen.sample(a.n_synthetic, generator=torch_generator(3), steps=50,
                                            precision=a.precision), device)
@@ -313,16 +333,25 @@ def run_dataset(ds: dict[str, Any], a: argparse.Namespace, device: torch.device)
                              precision=prec)
         res["label"] = spec
         if a.dice_per_sampler:
-            syn_s = gen.sample(a.n_synthetic_sampler, generator=torch_generator(5), sampler=sampler, steps=steps,
-                               precision=prec)
+            draws: dict[int, list[Case]] = {}
+            class_fraction = []
             dice = []
             for seed in seeds:
+                draw = derive_seed(5, "sampler-draw", seed) if a.draw_per_seed else 5
+                if draw not in draws:
+                    draws[draw] = gen.sample(a.n_synthetic_sampler, generator=torch_generator(draw), sampler=sampler,
+                                             steps=steps, precision=prec)
+                    class_fraction.append([float(np.mean([(c.mask == kk).mean() for c in draws[draw]]))
+                                           for kk in range(k)])
+                syn_s = draws[draw]
                 r = train_and_test(f"S_{spec}", CaseSource(syn_s, num_classes=k), ds["val"], ds["test"], info, a,
                                    seed, device)
                 runs.append(r)
                 dice.append(r["dice_mean"])
             res["dice_S"] = float(np.mean(dice))
             res["dice_S_per_seed"] = dice
+            res["synthetic_class_fraction"] = {info.labels[kk]: float(np.mean([f[kk] for f in class_fraction]))
+                                               for kk in info.labels}
         speed.append(res)
         log.info("sampling %s: %.2f pairs/s%s", spec, res["pairs_per_s"],
                  f", S Dice {res['dice_S']:.3f}" if "dice_S" in res else "")

@@ -57,6 +57,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the same Pix2Pix trained before the segmenter (all its GAN steps first, no feedback), pairs stacked with
     # classical augmentation: the cheapest synthetic recipe (a segmenter step costs a plain step + 1 render)
     "separate_aug": ("separate", {"augment_real": True}),
+    # its real : synthetic ratio (issue 11: a measured default; the fraction is chosen on validation Dice only)
+    "separate_aug_rf25": ("separate", {"augment_real": True, "real_fraction": 0.25}),
+    "separate_aug_rf75": ("separate", {"augment_real": True, "real_fraction": 0.75}),
     # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
     # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     "augment_bf16": ("augment", {"precision": "bf16"}),

@@ -69,3 +69,15 @@ def write_png_dataset(root: Path, n: int = 8, size=(32, 32), seed: int = 0, cont
 @pytest.fixture
 def png_dataset(tmp_path) -> Path:
     return write_png_dataset(tmp_path / "blobs", n=10)
+
+
+def conv_output_dtypes(*modules: torch.nn.Module) -> list[torch.dtype]:
+    """A list that fills with the output dtype of every convolution of ``modules`` as they run (forward hooks):
+    tells whether they ran under autocast."""
+    seen: list[torch.dtype] = []
+    kinds = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, kinds):
+                m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    return seen

@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="labelled dataset folder whose masks are augmented (flip, crop/pad, scale, translate, "
                           "rotate, shear, elastic) and rendered")
     s.add_argument("--n", type=int, default=None, help="number of pairs (default: one per mask with --masks)")
+    s.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="rendering precision: bf16 autocast of the generator (auto: where the device runs it fast; "
+                        "CUDA, or a CPU with AMX / avx512_bf16); images are written in fp32 either way")
     s.add_argument("--format", choices=("auto", "png", "nifti"), default="auto",
                    help="file format (auto: PNG for 2D X-ray/photos, NIfTI otherwise)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -243,9 +246,12 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
     from segsynth.experiments.shards import shard_options, write_pairs
     from segsynth.generators.genseg import GenSegGenerator
     from segsynth.utils.device import resolve_device
+    from segsynth.utils.precision import describe_precision, resolve_precision
 
     model_dir = _generator_dir(a.model)
-    gen = GenSegGenerator.load(model_dir, resolve_device(a.device))
+    device = resolve_device(a.device)
+    gen = GenSegGenerator.load(model_dir, device)
+    gen.precision = resolve_precision(a.precision, device)
     if a.n is not None and a.n < 1:
         raise ConfigError(f"--n must be >= 1, got {a.n}")
     assert gen.num_classes is not None and gen.image_channels is not None and gen.spatial_shape is not None
@@ -280,7 +286,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
                        extra={k: info.extra[k] for k in ("value_map",) if k in info.extra})  # masks keep raw values
     provenance = {"method": "genseg", "model": str(model_dir.resolve()), "seed": a.seed, "n": n,
                   "source": source, "augmented": a.masks is None,
-                  "genotype": gen._require().current_genotype()}
+                  "genotype": gen._require().current_genotype(), "precision": describe_precision(gen.precision)}
     write_pairs(a.out, info, n, GenSegPairs(gen, a.seed, masks), fmt=a.format, provenance=provenance,
                 overwrite=a.overwrite, **shard_options(a))
     print(f"wrote {n} synthetic pairs to {a.out}")

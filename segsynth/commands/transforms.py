@@ -59,7 +59,8 @@ def cmd_transforms_fit(a: argparse.Namespace) -> int:
         pool = pool[: a.max_unlabelled]
     cfg = TransformFitConfig(steps=a.reg_steps, appearance_steps=a.app_steps, batch_size=a.reg_batch, lr=a.reg_lr,
                              similarity=a.similarity, smooth_weight=a.smooth_weight,
-                             appearance_smooth_weight=a.app_smooth_weight, progress=not a.quiet)
+                             appearance_smooth_weight=a.app_smooth_weight, progress=not a.quiet,
+                             precision=a.precision)
     t = LearnedTransforms.for_atlas(atlas, data.info.num_classes, inverse=a.inverse,
                                     integration_steps=a.integration_steps, seed=derive_seed(a.seed, "transforms-init"))
     stats = t.fit([atlas], unlabelled=pool, device=device, seed=a.seed, config=cfg)
@@ -222,6 +223,9 @@ def add_parser(sub: Any) -> None:
                    help="inverse transform: a trained backward model, or the negated forward velocity")
     g.add_argument("--integration-steps", type=int, default=7,
                    help="scaling-and-squaring steps (0 = plain displacement, not diffeomorphic)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="training precision: bf16 autocast of the networks (auto: where the device runs it fast; "
+                        "CUDA, or a CPU with AMX / avx512_bf16); integration, warps and losses stay fp32")
     s.set_defaults(func=cmd_transforms_fit)
 
     s = sub.add_parser("transforms-synthesize", epilog=EPILOG,

@@ -46,7 +46,13 @@ from segsynth.segment.losses import dice_ce_loss, soft_dice_per_class
 from segsynth.segment.sources import PairSource, Prefetcher
 from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from segsynth.utils.files import atomic_path
-from segsynth.utils.precision import autocast, check_precision, describe_precision, resolve_precision
+from segsynth.utils.precision import (
+    autocast,
+    check_precision,
+    describe_precision,
+    full_precision,
+    resolve_precision,
+)
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -218,7 +224,7 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
                 logits = net(x)
                 if isinstance(logits, (list, tuple)):
                     logits = logits[0]
-                with torch.autocast(device.type, enabled=False):  # the loss in fp32
+                with full_precision(device):  # the loss in fp32
                     loss = dice_ce_loss(logits.float(), y)
                 total = loss
                 for h in hooks:  # e.g. semi-supervised terms on unlabelled images

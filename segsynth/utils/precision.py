@@ -69,3 +69,10 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> Iterator[
         return
     with torch.autocast(device.type, dtype=dtype):
         yield
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | str) -> Iterator[None]:
+    """Autocast off on ``device``'s type inside a region that runs under autocast (losses, warps, integrals)."""
+    with torch.autocast(torch.device(device).type, enabled=False):
+        yield

@@ -27,6 +27,7 @@ from segsynth.segment.sources import CaseSource
 from segsynth.utils.config import load_state, save_module
 from segsynth.utils.device import resolve_device
 from segsynth.utils.files import atomic_dir, write_json
+from segsynth.utils.precision import autocast
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,8 @@ class GenSegGenerator:
             record = {"source_mask": source_id or cid}
         was = net.training
         net.eval()
-        image = self.generate(m[None], generator=g if net.dropout > 0 else None)[0]
+        with autocast(self.device, self.precision):  # rendering in the generator's precision (None: fp32)
+            image = self.generate(m[None], generator=g if net.dropout > 0 else None)[0]
         net.train(was)
         meta = {"method": self.name, "seed": int(seed), **record, "model": self.model_dir,
                 "genotype": net.current_genotype(), "synthetic": True}

@@ -37,6 +37,7 @@ from segsynth.nets.registration import (
 )
 from segsynth.utils.config import load_state, save_module
 from segsynth.utils.files import atomic_path, write_json
+from segsynth.utils.precision import check_precision, full_precision
 from segsynth.utils.seed import derive_seed, torch_generator
 
 
@@ -55,6 +56,8 @@ class TransformFitConfig:
         smooth_weight: weight of the velocity smoothness (VoxelMorph's lambda; 1 for NCC, ~0.01 for MSE).
         appearance_smooth_weight: weight of the appearance smoothness (not across label boundaries).
         progress: show progress bars.
+        precision: "fp32" (default), "bf16" or "auto": autocast of the networks' forwards
+            (``segsynth.utils.precision``); integration, warping and losses stay fp32.
     """
 
     steps: int = 300
@@ -66,6 +69,10 @@ class TransformFitConfig:
     smooth_weight: float = 1.0
     appearance_smooth_weight: float = 1.0
     progress: bool = False
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision, "precision")
 
 
 @dataclass
@@ -223,11 +230,11 @@ class LearnedTransforms(torch.nn.Module):
         return stats
 
     def _loop(self, params: list[torch.nn.Parameter], steps: int, lr: float, loss_fn: Any, desc: str,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, precision: str = "fp32") -> dict[str, Any]:
         opt = torch.optim.Adam(params, lr=lr)
         losses: list[float] = []
         self.train()
-        loop = FitLoop(desc, steps, progress=progress, device=self.device)
+        loop = FitLoop(desc, steps, progress=progress, device=self.device, precision=precision)
         with flush_denormals():
             for step in loop:
                 with loop.autocast():
@@ -246,14 +253,17 @@ class LearnedTransforms(torch.nn.Module):
         """Registration loss of the forward (and backward) model on a batch of unlabelled images."""
         window = cfg.window or default_window(self.atlas_shape)
         atlas = self.atlas_image[None].expand(fixed.shape[0], *self.atlas_image.shape)
-        v = self.forward_net.velocity(atlas, fixed)
-        warped = warp_image(atlas, self.forward_net.integrate(v))
-        loss = similarity_loss(warped, fixed, cfg.similarity, window) + cfg.smooth_weight * smoothness_loss(v)
-        if self.backward_net is not None:
-            vb = self.backward_net.velocity(fixed, atlas)
-            warped_b = warp_image(fixed, self.backward_net.integrate(vb))
-            loss = loss + similarity_loss(warped_b, atlas, cfg.similarity, window) \
-                + cfg.smooth_weight * smoothness_loss(vb)
+        v = self.forward_net.velocity(atlas, fixed)  # under the fit loop's autocast (bf16 when asked)
+        vb = self.backward_net.velocity(fixed, atlas) if self.backward_net is not None else None
+        with full_precision(fixed.device):  # integration, warps and losses in fp32
+            v = v.float()
+            warped = warp_image(atlas, self.forward_net.integrate(v))
+            loss = similarity_loss(warped, fixed, cfg.similarity, window) + cfg.smooth_weight * smoothness_loss(v)
+            if vb is not None and self.backward_net is not None:
+                vb = vb.float()
+                warped_b = warp_image(fixed, self.backward_net.integrate(vb))
+                loss = loss + similarity_loss(warped_b, atlas, cfg.similarity, window) \
+                    + cfg.smooth_weight * smoothness_loss(vb)
         return loss
 
     def fit_spatial(self, images: torch.Tensor, cfg: TransformFitConfig, generator: torch.Generator
@@ -268,13 +278,15 @@ class LearnedTransforms(torch.nn.Module):
             idx = torch.randint(len(images), (cfg.batch_size,), generator=generator)
             return self.spatial_loss(images[idx].to(dev), cfg)
 
-        return self._loop(params, cfg.steps, cfg.lr, step, "spatial transforms", cfg.progress)
+        return self._loop(params, cfg.steps, cfg.lr, step, "spatial transforms", cfg.progress, cfg.precision)
 
     def appearance_loss(self, in_atlas: torch.Tensor, weight: torch.Tensor, cfg: TransformFitConfig
                         ) -> torch.Tensor:
-        delta = self.appearance(in_atlas)
-        fit = F.mse_loss(self.atlas_image[None] + delta, in_atlas)
-        return fit + cfg.appearance_smooth_weight * masked_smoothness_loss(delta, weight)
+        delta = self.appearance(in_atlas)  # under the fit loop's autocast (bf16 when asked)
+        with full_precision(in_atlas.device):
+            delta = delta.float()
+            fit = F.mse_loss(self.atlas_image[None] + delta, in_atlas)
+            return fit + cfg.appearance_smooth_weight * masked_smoothness_loss(delta, weight)
 
     def fit_appearance(self, images: torch.Tensor, cfg: TransformFitConfig, generator: torch.Generator
                        ) -> dict[str, Any]:
@@ -291,7 +303,7 @@ class LearnedTransforms(torch.nn.Module):
             return self.appearance_loss(in_atlas[idx].to(dev), weight, cfg)
 
         return self._loop(list(self.appearance_net.parameters()), cfg.appearance_steps, cfg.lr, step,
-                          "appearance transforms", cfg.progress)
+                          "appearance transforms", cfg.progress, cfg.precision)
 
     @torch.no_grad()
     def encode(self, images: Sequence[Case] | torch.Tensor, ids: Sequence[str] | None = None,

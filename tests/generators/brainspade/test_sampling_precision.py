@@ -12,23 +12,15 @@ from segsynth.data.partial_volume import is_valid_pv
 from segsynth.errors import ConfigError
 from segsynth.generators.brainspade import BrainSpadeGenerator, write_synthetic_dataset
 from segsynth.generators.brainspade.helpers import sampling_precision
+from tests.conftest import conv_output_dtypes
 from tests.generators.brainspade.helpers import INFO, K
-
-
-def _conv_dtypes(*modules):
-    seen = []
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
-    return seen
 
 
 def test_bf16_sampling_runs_the_networks_in_bf16_and_returns_fp32_pairs_near_fp32(fitted):
     _, labels, images, _, _ = fitted
     gen = BrainSpadeGenerator.from_parts(labels, images)
     ref = gen.sample_from_seeds([7, 8], sampler="dpm", steps=3)
-    seen = _conv_dtypes(labels.autoencoder, labels.unet, images.net)
+    seen = conv_output_dtypes(labels.autoencoder, labels.unet, images.net)
     low = gen.sample_from_seeds([7, 8], sampler="dpm", steps=3, precision="bf16")
     assert torch.bfloat16 in seen and torch.is_autocast_enabled("cpu") is False  # switched off again after
     for a, b in zip(ref, low):
@@ -44,7 +36,7 @@ def test_bf16_sampling_runs_the_networks_in_bf16_and_returns_fp32_pairs_near_fp3
 
 def test_fp32_sampling_is_untouched_and_bad_precision_is_a_config_error(fitted):
     _, labels, images, _, _ = fitted
-    seen = _conv_dtypes(images.net)
+    seen = conv_output_dtypes(images.net)
     gen = BrainSpadeGenerator.from_parts(labels, images)
     gen.sample_from_seeds([1], sampler="dpm", steps=2, precision="fp32")
     assert set(seen) == {torch.float32}
