@@ -63,6 +63,13 @@ class MethodContext:
     # segsynth.generators.semi_supervised): a method that trains through the one loop adds them to its own
     hooks: list[Any] = field(default_factory=list)
 
+    @property
+    def precision(self) -> str:
+        """The run's precision name (``--precision``: fp32 / bf16 / auto; fp32 without a training config): the
+        segmenter's, and the one the generators a method fits and samples with take unless their options say
+        otherwise."""
+        return self.train_config.precision if self.train_config is not None else "fp32"
+
     def build_segmenter(self) -> torch.nn.Module:
         """The segmenter with initial weights drawn from ``derive_seed(seed, "segmenter-init")``.
 

@@ -70,7 +70,7 @@ class _SyntheticPairsMethod(Method):
     def _make_generator(self, ctx: MethodContext) -> Any:
         opts = {"spatial_dims": ctx.info.spatial_dims, "num_classes": ctx.info.num_classes,
                 "progress": bool(ctx.train_config.progress) if ctx.train_config else True,
-                "precision": _precision(ctx),  # the run's --precision, unless the method options say otherwise
+                "precision": ctx.precision,  # the run's --precision, unless the method options say otherwise
                 **self.generator_options}
         return self.generator_cls(**opts)
 
@@ -119,11 +119,6 @@ class _SyntheticPairsMethod(Method):
                           num_classes=ctx.info.num_classes)
 
 
-def _precision(ctx: MethodContext) -> str:
-    """Pairs are sampled in the run's training precision (``--precision``; fp32 unless asked)."""
-    return ctx.train_config.precision if ctx.train_config is not None else "fp32"
-
-
 class SpadeMethod(_SyntheticPairsMethod):
     """SPADE image generator on the training masks and warped copies of them (style from the training images)."""
 
@@ -134,7 +129,7 @@ class SpadeMethod(_SyntheticPairsMethod):
     def synthetic_cases(self, gen: ImageGenerator, ctx: MethodContext) -> list[Case]:
         g = torch_generator(derive_seed(ctx.seed, "spade-sample"))
         return gen.sample(int(self.method_options["n_synthetic"]), generator=g,
-                          style_domain=self.method_options["style"], augment_masks=True, precision=_precision(ctx))
+                          style_domain=self.method_options["style"], augment_masks=True, precision=ctx.precision)
 
 
 class BrainSpadeMethod(_SyntheticPairsMethod):
@@ -152,4 +147,4 @@ class BrainSpadeMethod(_SyntheticPairsMethod):
         g = torch_generator(derive_seed(ctx.seed, "brainspade-sample"))
         return gen.sample(int(self.method_options["n_synthetic"]), generator=g,
                           style_domain=self.method_options["style"], sampler=self.method_options["sampler"],
-                          steps=self.method_options["sampling_steps"], precision=_precision(ctx))
+                          steps=self.method_options["sampling_steps"], precision=ctx.precision)

@@ -42,11 +42,6 @@ _MIX_OPTIONS = {"real_fraction": None, "augment_real": False, "augment_synthetic
                 "aug_kind": "combined", "aug_flip": False, "fidelity_tries": 8}
 
 
-def _precision(ctx: MethodContext) -> str:
-    """The transform models train in the run's precision (``--precision``; fp32 unless asked)."""
-    return ctx.train_config.precision if ctx.train_config is not None else "fp32"
-
-
 class _TransformsMethod(Method):
     """Shared option handling and fitting (or loading, or reusing) of the transform models.
 
@@ -117,7 +112,7 @@ class _TransformsMethod(Method):
         # with a cache, the appearance model is always fitted: one entry then serves every method of the sweep
         cache = self._cache_dir(ctx, atlas, pool) if self.opt("cache") else None
         cfg = self.fit_config(need_appearance=need_appearance or cache is not None, progress=progress,
-                              precision=_precision(ctx))
+                              precision=ctx.precision)
         if cache is not None and (cache / "transforms.json").exists():
             log.info("reusing learned transforms from %s", cache)
             return LearnedTransforms.load(cache, ctx.device)
@@ -144,8 +139,8 @@ class _TransformsMethod(Method):
         if ctx.workdir is None:
             return None
         opts = sorted((k, self.opt(k)) for k in _FIT_OPTIONS if k not in ("transforms", "cache"))
-        if _precision(ctx) != "fp32":  # fp32 keys stay as they were
-            opts.append(("precision", _precision(ctx)))
+        if ctx.precision != "fp32":  # fp32 keys stay as they were
+            opts.append(("precision", ctx.precision))
         key = derive_seed(atlas.case_id, ",".join(c.case_id for c in pool), opts, ctx.seed, ctx.device.type)
         return Path(ctx.workdir).parent / "_learned_transforms" / f"{atlas.case_id}_{key:08x}"
 

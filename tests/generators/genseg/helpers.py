@@ -1,10 +1,14 @@
 """Shared tiny GenSeg settings, cases and contexts of the GenSeg tests."""
 
+import torch
+
 from segsynth.data.case import DatasetInfo
 from segsynth.generators.base import MethodContext
 from segsynth.generators.genseg import (
+    GanTrainer,
     GenSegGenerator,
 )
+from segsynth.segment.sources import CaseSource
 from segsynth.segment.train import TrainConfig
 from tests.conftest import make_blob_case
 
@@ -35,3 +39,11 @@ def _fitted(shape=(32, 32), channels=1, k=2, steps=2, seed=0):
     gen = GenSegGenerator(**TINY)
     stats = gen.fit(_cases(shape, channels=channels, k=k), seed=seed, steps=steps)
     return gen, stats
+
+
+def _gan_trainer(lr=2e-3):
+    """A built tiny generator (no dropout), its GAN trainer and a batch (x, y) of 4 real blob pairs."""
+    gen = GenSegGenerator(**TINY, dropout=0.0)
+    cases = _cases()
+    gen.build_for(cases, seed=0)
+    return gen, GanTrainer(gen, lr=lr), CaseSource(cases).draw(4, torch.Generator().manual_seed(0))

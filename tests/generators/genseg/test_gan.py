@@ -2,20 +2,11 @@
 
 import torch
 
-from segsynth.generators.genseg import (
-    GanTrainer,
-    GenSegGenerator,
-)
-from segsynth.segment.sources import CaseSource
-from tests.generators.genseg.helpers import TINY, _cases
+from tests.generators.genseg.helpers import _gan_trainer
 
 
 def test_one_gan_step_at_a_time_reduces_l1_and_leaves_alpha():
-    gen = GenSegGenerator(**TINY, dropout=0.0)
-    cases = _cases()
-    gen.build_for(cases, seed=0)
-    gan = GanTrainer(gen, lr=2e-3)
-    x, y = CaseSource(cases).draw(4, torch.Generator().manual_seed(0))
+    gen, gan, (x, y) = _gan_trainer()
     alpha = [a.detach().clone() for a in gen.net.arch_parameters()]
     l1 = [gan.step(x, y, torch.Generator().manual_seed(0))["gan_l1"] for _ in range(8)]
     assert l1[-1] < l1[0]

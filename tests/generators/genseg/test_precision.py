@@ -5,27 +5,21 @@ import dataclasses
 import torch
 
 from segsynth.generators.genseg import (
-    GanTrainer,
     GeneratedSource,
     GenSegGenerator,
     GenSegOptions,
     train_genseg,
 )
-from segsynth.segment.sources import CaseSource
 from tests.conftest import conv_output_dtypes
-from tests.generators.genseg.helpers import TINY, TINY_OPTS, _blob_context, _cases
+from tests.generators.genseg.helpers import TINY, TINY_OPTS, _blob_context, _cases, _gan_trainer
 
 
 def test_a_bf16_gan_step_runs_its_forwards_in_bf16_and_keeps_fp32_weights():
-    gen = GenSegGenerator(**TINY, dropout=0.0)
-    cases = _cases()
-    gen.build_for(cases, seed=0)
+    gen, gan, (x, y) = _gan_trainer()
     gen.precision = torch.bfloat16
-    gan = GanTrainer(gen, lr=2e-3)
     g_seen, d_seen = conv_output_dtypes(gen.net), conv_output_dtypes(gen.disc)
     before = {k: v.clone() for k, v in gen.net.state_dict().items()}
     alpha = [a.detach().clone() for a in gen.net.arch_parameters()]
-    x, y = CaseSource(cases).draw(4, torch.Generator().manual_seed(0))
     parts = gan.step(x, y, torch.Generator().manual_seed(0))
     assert set(g_seen) == {torch.bfloat16} and set(d_seen) == {torch.bfloat16}
     assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
