@@ -25,6 +25,7 @@ Sections here:
   Each also records the share of step time spent waiting for data.
 * ``precision``: ``train_segmenter`` ms per step in fp32 and in bf16 autocast. On a CPU without native bf16
   (AVX2 only) bf16 is emulated and about 20x slower, so only ``--bf16-steps`` steps run there.
+* ``precision3d`` (opt-in): the same for the 3D U-Net of the hippocampus benchmarks (40×56×40, batch 2).
 * ``demo``: wall seconds of ``segsynth demo`` (only with ``--demo``; minutes).
 """
 
@@ -104,13 +105,14 @@ def _ms_per_step(times: list[float], warmup: int) -> float:
     return 1000.0 * statistics.median(steps)
 
 
-def _model(a: argparse.Namespace, num_classes: int, device: torch.device) -> torch.nn.Module:
+def _model(a: argparse.Namespace, num_classes: int, device: torch.device, dims: int = 2,
+           features: tuple[int, ...] | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_segmenter("unet", 2, 1, num_classes, features=tuple(a.features)).to(device)
+    return build_segmenter("unet", dims, 1, num_classes, features=tuple(features or a.features)).to(device)
 
 
-def _source(cases: list[Case], num_classes: int) -> CaseSource:
-    return CaseSource(cases, transform=classical_augmentation("combined", 2), num_classes=num_classes)
+def _source(cases: list[Case], num_classes: int, dims: int = 2) -> CaseSource:
+    return CaseSource(cases, transform=classical_augmentation("combined", dims), num_classes=num_classes)
 
 
 def plain_loop(a: argparse.Namespace, cases: list[Case], num_classes: int, device: torch.device,
@@ -142,16 +144,17 @@ def plain_loop(a: argparse.Namespace, cases: list[Case], num_classes: int, devic
 
 
 def segsynth_loop(a: argparse.Namespace, cases: list[Case], num_classes: int, device: torch.device,
-                  precision: str, prefetch: int, steps: int | None = None, warmup: int | None = None
+                  precision: str, prefetch: int, steps: int | None = None, warmup: int | None = None,
+                  dims: int = 2, batch: int | None = None, features: tuple[int, ...] | None = None
                   ) -> dict[str, float]:
     """``train_segmenter`` on the same source; no validation cases, so no validation inside the timing."""
     steps = a.steps if steps is None else steps
     warmup = a.warmup if warmup is None else warmup
     clock = _Clock(device)
-    cfg = TrainConfig(steps=warmup + steps, batch_size=a.batch, lr=1e-3, val_every=10**9, seed=0,
+    cfg = TrainConfig(steps=warmup + steps, batch_size=batch or a.batch, lr=1e-3, val_every=10**9, seed=0,
                       precision=precision, prefetch=prefetch, progress=False)
-    res = train_segmenter(_model(a, num_classes, device), _source(cases, num_classes), [], cfg,
-                          num_classes=num_classes, device=device, hooks=[clock])
+    res = train_segmenter(_model(a, num_classes, device, dims, features), _source(cases, num_classes, dims), [],
+                          cfg, num_classes=num_classes, device=device, hooks=[clock])
     return {"ms_per_step": _ms_per_step(clock.times, warmup), "cpu_ms_per_step": _ms_per_step(clock.cpu, warmup),
             "data_wait_fraction": res.data_wait_fraction, "precision": res.precision}
 
@@ -209,6 +212,33 @@ def section_precision(a: argparse.Namespace, data: Data) -> dict[str, Any]:
     return out
 
 
+#: the 3D segmenter of the benchmarks (genseg_benchmark.py / synthesis_pays.py hippo3d): shape, features, batch
+SHAPE_3D, FEATURES_3D, BATCH_3D = (40, 56, 40), (8, 8, 16, 32, 64, 8), 2
+
+
+def section_precision3d(a: argparse.Namespace, data: Data) -> dict[str, Any]:
+    """The 3D U-Net of the hippocampus benchmarks (40×56×40, batch 2): ms per step in fp32 and bf16 autocast."""
+    from segsynth.data.dataset import load_dataset
+    from segsynth.data.preprocess import PreprocessSpec
+    from segsynth.data.sample import sample_path
+
+    device = resolve_device(a.device)
+    fast = device.type == "cuda" or cpu_has_fast_bf16()
+    d = load_dataset(a.data or sample_path(), PreprocessSpec(spatial_dims=3, size=None, shape_3d=SHAPE_3D),
+                     max_cases=a.volumes, progress=False)
+    cases = [c for c in d.cases if c.mask is not None]
+    kw = {"dims": 3, "batch": BATCH_3D, "features": FEATURES_3D}
+    fp32 = segsynth_loop(a, cases, d.info.num_classes, device, "fp32", a.prefetch, **kw)
+    bf16 = segsynth_loop(a, cases, d.info.num_classes, device, "bf16", a.prefetch,
+                         steps=a.steps if fast else a.bf16_steps, warmup=a.warmup if fast else 1, **kw)
+    shape = "×".join(map(str, SHAPE_3D))
+    print(f"  precision3d {shape}: fp32 {fp32['ms_per_step']:.0f} ms, bf16 {bf16['ms_per_step']:.0f} ms/step",
+          flush=True)
+    return {"native_bf16": fast, "batch": BATCH_3D, "features": list(FEATURES_3D),
+            "sizes": {shape: {"fp32_ms_per_step": fp32["ms_per_step"], "bf16_ms_per_step": bf16["ms_per_step"],
+                              "bf16_speedup": fp32["ms_per_step"] / bf16["ms_per_step"]}}}
+
+
 def section_demo(a: argparse.Namespace, data: Data) -> dict[str, Any]:
     if not a.demo:
         return {"skipped": "run with --demo (it takes minutes)"}
@@ -255,16 +285,18 @@ def plot_precision(ax: Any, r: dict[str, Any]) -> None:
            label="fp32")
     ax.bar([j + 0.2 for j in range(len(sizes))], [r["sizes"][s]["bf16_ms_per_step"] for s in sizes], 0.4,
            label="bf16 autocast")
-    ax.set_xticks(range(len(sizes)), [f"{s}²" for s in sizes])
+    ax.set_xticks(range(len(sizes)), [s if "×" in s else f"{s}²" for s in sizes])
     ax.set_yscale("log")
     ax.set_ylabel("ms / step (log)")
-    ax.set_title("precision" + ("" if r["native_bf16"] else " (no native bf16 here)"))
+    ax.set_title(("precision 3D" if any("×" in s for s in sizes) else "precision")
+                 + ("" if r["native_bf16"] else " (no native bf16 here)"))
     ax.legend(fontsize=7)
 
 
 SECTIONS: dict[str, Section] = {
     "loop": Section(section_loop, plot_loop),
     "precision": Section(section_precision, plot_precision),
+    "precision3d": Section(section_precision3d, plot_precision, default=False),
     "demo": Section(section_demo, None, default=False),
 }
 #: extra panels drawn from a section's result (the data-wait panel reads the loop section)

@@ -7,10 +7,13 @@ Two stages, both on the GenSeg benchmark's tasks and splits (benchmarks/genseg_b
     # --seg-weight auto (default): the weight with the most faithful pairs in the fidelity stage
 
 ``fidelity`` (split of seed 0; nothing touches test cases): an evaluator U-Net trained on the N real pairs with
-classical augmentation (a stand-in for the ``augment`` model of the split) segments (a) the real validation
+classical augmentation (``--evaluator term``: a stand-in for the ``augment`` model of the split; ``reference``:
+that model itself, the one the sweep's label fidelity uses) segments (a) the real validation
 pairs and (b) pairs the GenSeg generator renders from augmented training masks, after G GAN steps, for each
 weight of the segmentation term (``seg_weight``); label fidelity = mean Dice against the mask. Also a
 sharpness ratio (mean |image gradient| of generated / real training images) and the seconds of each recipe.
+The generator trains on from one checkpoint of ``--gan-steps`` to the next (each leg a new ``fit``: the weights
+carry on, Adam's moments restart), so the longest setting is close to, not the same as, one fit of that length.
 
 ``sweep``: one GenSeg-benchmark sweep per variant (``augment``, ``genseg_aug`` as before, ``genseg_aug_seg`` with
 the segmentation term, ``genseg_aug_wf`` with the segmenter's hypergradient reaching the generator weights, ...),
@@ -60,6 +63,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # its real : synthetic ratio (issue 11: a measured default; the fraction is chosen on validation Dice only)
     "separate_aug_rf25": ("separate", {"augment_real": True, "real_fraction": 0.25}),
     "separate_aug_rf75": ("separate", {"augment_real": True, "real_fraction": 0.75}),
+    # synthetic pairs the split's `augment` model segments with Dice < the threshold are redrawn (up to 8 tries,
+    # then the best-scoring draw is kept): the threshold is chosen on validation Dice
+    "separate_aug_mf50": ("separate", {"augment_real": True, "min_fidelity": 0.5}),
+    "separate_aug_mf70": ("separate", {"augment_real": True, "min_fidelity": 0.7}),
+    # the generator trained longer before the segmenter (1,000 + as many GAN steps as segmenter steps: 1,400 at
+    # 400 steps, 2.3x the 600 of separate_aug), alone and with the filter
+    "separate_aug_long": ("separate", {"augment_real": True, "pretrain_steps": 1000}),
+    "separate_aug_long_mf50": ("separate", {"augment_real": True, "pretrain_steps": 1000, "min_fidelity": 0.5}),
+    "separate_aug_long_mf70": ("separate", {"augment_real": True, "pretrain_steps": 1000, "min_fidelity": 0.7}),
     # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
     # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     "augment_bf16": ("augment", {"precision": "bf16"}),
@@ -89,8 +101,11 @@ def fidelity_stage(a: argparse.Namespace) -> Path:
     train, val, k = split.train, split.val, data.info.num_classes
     cpu = torch.device("cpu")
     t0 = time.perf_counter()
-    evaluator = SegmentationTerm.trained_on(train, k, weight=1.0, steps=a.eval_steps, seed=12345)
-    real = float(np.mean(label_fidelity(evaluator.model, val, num_classes=k, device=cpu)))
+    if a.evaluator == "reference":
+        evaluator = split_reference(a, cfg, data, split)
+    else:
+        evaluator = SegmentationTerm.trained_on(train, k, weight=1.0, steps=a.eval_steps, seed=12345).model
+    real = float(np.mean(label_fidelity(evaluator, val, num_classes=k, device=cpu)))
     real_sharp = _sharpness([c.image for c in train])
     out: dict[str, Any] = {"real_val_fidelity": real, "evaluator_seconds": time.perf_counter() - t0,
                            "real_sharpness": real_sharp, "n_train": len(train), "n_val": len(val), "rows": []}
@@ -106,7 +121,7 @@ def fidelity_stage(a: argparse.Namespace) -> Path:
             seconds += stats["seconds"]
             done = total
             pairs = gen.sample(a.n_pairs, generator=torch.Generator().manual_seed(7))
-            fid = float(np.mean(label_fidelity(evaluator.model, pairs, num_classes=k, device=cpu)))
+            fid = float(np.mean(label_fidelity(evaluator, pairs, num_classes=k, device=cpu)))
             row = {"seg_weight": w, "gan_steps": total, "fidelity": fid, "fidelity_ratio": fid / real,
                    "sharpness_ratio": _sharpness([p.image for p in pairs]) / real_sharp,
                    "gan_seconds": seconds, "seg_term_seconds": (gen.history.get("seg_term") or {}).get("seconds", 0.0),
@@ -118,10 +133,27 @@ def fidelity_stage(a: argparse.Namespace) -> Path:
     return path
 
 
+def split_reference(a: argparse.Namespace, cfg: Any, data: Any, split: Any) -> torch.nn.Module:
+    """The ``augment`` reference segmenter of split 0, the one the sweep's label fidelity uses (same key:
+    ``--steps`` and the other sweep flags must match); a saved one of any sweep of this task is reused."""
+    from segsynth.evaluate.fidelity import reference_dir, reference_segmenter
+    from segsynth.experiments.sweep import run_key
+    from segsynth.generators.base import MethodContext
+
+    n = cfg.n_values[0]
+    base = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
+    ctx = MethodContext(info=data.info, train=split.train, val=split.val, segmenter=cfg.segmenter,
+                        segmenter_kwargs=dict(cfg.segmenter_kwargs), train_config=dataclasses.replace(cfg.train, seed=0),
+                        seed=0, device=torch.device("cpu"), workdir=base / "augment" / "runs" / run_key("augment", n, 0))
+    own = reference_dir(ctx)
+    reuse = sorted(RESULTS.glob(f"synthesis_pays_{a.name}*/*/runs/_fidelity_reference/{own.name}/model"))
+    return reference_segmenter(ctx, own, reuse=reuse)
+
+
 def _write_fidelity(a: argparse.Namespace, out: dict[str, Any]) -> Path:
     from segsynth.utils.files import write_json
 
-    name = f"synthesis_pays_{a.name}_fidelity"
+    name = f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}_fidelity"
     path = RESULTS / f"{name}.json"
     write_json(path, {"benchmark": name, "flags": vars(a), **out})
     _fidelity_plot(out, RESULTS / f"{name}.png", a.name)
@@ -293,6 +325,9 @@ def main() -> None:
     p.add_argument("--seg-steps", type=int, default=200, help="steps of the segmentation term's own segmenter")
     p.add_argument("--gan-steps", default="200,600", type=lambda s: [int(v) for v in s.split(",")],
                    help="fidelity stage: GAN steps at which fidelity is measured")
+    p.add_argument("--evaluator", choices=("term", "reference"), default="term",
+                   help="fidelity stage: 'term' = an independent U-Net trained --eval-steps steps; 'reference' = "
+                        "the split's augment model the sweep's label fidelity uses (reused when a sweep saved it)")
     p.add_argument("--eval-steps", type=int, default=300, help="fidelity stage: steps of the evaluator U-Net")
     p.add_argument("--n-pairs", type=int, default=32, help="fidelity stage: generated pairs measured")
     # the GenSeg benchmark's flags (same defaults)
@@ -326,7 +361,8 @@ def main() -> None:
     a.methods = []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     path = fidelity_stage(a) if a.stage == "fidelity" else sweep_stage(a)
-    print(json.dumps(json.loads(path.read_text()).get("rows", []), indent=1)[:3000])
+    if a.stage == "fidelity":
+        print(json.dumps(json.loads(path.read_text())["rows"], indent=1)[:3000])
     print(f"summary: {path}")
 
 

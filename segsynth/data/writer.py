@@ -13,7 +13,8 @@ Output (a "pairs" layout)::
 
 Streaming and resume: ``add`` writes the two files of a case at once (each atomically) into a hidden
 partial folder ``.<out_dir name>.partial`` beside ``out_dir`` and then appends its line to
-``provenance.jsonl``; nothing is kept in memory. A case counts as written once its line is there, so a
+``provenance.jsonl``; only the set of written case ids is kept in memory (``close`` reads the pairs back
+from ``provenance.jsonl``), so memory does not grow with the records. A case counts as written once its line is there, so a
 writer killed at any point can be opened again on the same ``out_dir`` and continues: ``has(case_id)``
 says which cases to skip. ``close()`` writes ``dataset.json`` and renames the partial folder to
 ``out_dir``. If the ``with`` block raises, nothing appears at ``out_dir`` (the partial folder is kept for a
@@ -140,9 +141,7 @@ class DatasetWriter:
             (self.partial / "images").mkdir(parents=True)
             (self.partial / "masks").mkdir()
             write_json(state_path, self._state())
-        self._records: dict[str, dict[str, Any]] = {}
-        for rec in read_jsonl(self.partial / "provenance.jsonl"):
-            self._records[rec["case_id"]] = rec
+        self._written: set[str] = {str(rec["case_id"]) for rec in read_jsonl(self.partial / "provenance.jsonl")}
         self._truncate_torn_line()
 
     def _truncate_torn_line(self) -> None:
@@ -159,11 +158,11 @@ class DatasetWriter:
     # ------------------------------------------------------------------------------------------ writing
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._written)
 
     def has(self, case_id: str) -> bool:
         """True when this case was written whole (by this writer or one that was killed before)."""
-        return case_id in self._records
+        return case_id in self._written
 
     def add(self, case: Case) -> bool:
         """Write one case now. Returns False (and writes nothing) when it was already written.
@@ -210,7 +209,7 @@ class DatasetWriter:
         write_mask(self.partial / mask_rel, self._to_raw(case.mask), file_meta)
         record = {"case_id": cid, "image": image_rel, "mask": mask_rel, "meta": _json_safe(dict(case.meta))}
         append_jsonl(self.partial / "provenance.jsonl", record)
-        self._records[cid] = record
+        self._written.add(cid)
         return True
 
     def take_written(self, src: str | Path, record: dict[str, Any]) -> bool:
@@ -225,7 +224,7 @@ class DatasetWriter:
                 raise DataError(f"case {cid}: unexpected file {rel} in a shard's provenance", src)
             os.replace(Path(src) / rel, self.partial / rel)
         append_jsonl(self.partial / "provenance.jsonl", record)
-        self._records[cid] = record
+        self._written.add(cid)
         return True
 
     def _to_raw(self, mask: np.ndarray) -> np.ndarray:
@@ -237,18 +236,18 @@ class DatasetWriter:
     # ------------------------------------------------------------------------------------------ finishing
 
     def dataset_json(self) -> dict[str, Any]:
-        pairs = []
-        for r in self._records.values():
+        pairs: dict[str, dict[str, str]] = {}  # by case id, in the order written (read back from the file)
+        for r in read_jsonl(self.partial / "provenance.jsonl"):
             entry = {"image": r["image"], "mask": r["mask"]}
             if "volume_id" in r["meta"]:  # slices of one volume stay together in splits after reloading
                 entry["volume_id"] = str(r["meta"]["volume_id"])
-            pairs.append(entry)
+            pairs.setdefault(str(r["case_id"]), entry)
         return {
             "name": self.name,
             "modality": self.info.modality,
             "mask_values": {str(self.raw_values.get(k, k)): v for k, v in sorted(self.info.labels.items())},
             "numPairs": len(pairs),
-            "pairs": pairs,
+            "pairs": list(pairs.values()),
             "synthetic": _json_safe(self.provenance),
             "segsynth": {
                 "normalise": "unit" if self.fmt == "png" else "none",
@@ -263,7 +262,7 @@ class DatasetWriter:
         """Write dataset.json and move the folder into place; returns ``out_dir``."""
         if self._closed:
             return self.out_dir
-        if not self._records:
+        if not self._written:
             raise DataError("no cases were written; refusing to create an empty dataset", self.out_dir)
         write_json(self.partial / "dataset.json", self.dataset_json())
         if self.out_dir.exists():

@@ -321,6 +321,7 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
                         "seconds": time.perf_counter() - t0, "peak_memory_mb": peak_memory_mb(device),
                         "device": str(device), "dice_mean": float(np.mean(dice)) if dice else None,
                         "hd95_mean": float(np.mean(hd)) if hd else None, "n_test": len(cases),
+                        **({"source_statistics": stats} if (stats := getattr(result, "source_statistics", None)) else {}),
                         "per_case": per_case})
     if cfg.fidelity:  # after the timings: its cost (maybe one reference training) is recorded on its own
         fid = _fidelity(cfg, method, ctx, result, out, run_key(method_name, n, seed) if seed == cfg.seeds[0] else None)

@@ -36,6 +36,25 @@ def prefetchable(source: Any) -> bool:
     return bool(getattr(source, "prefetchable", False))
 
 
+def source_statistics(source: Any) -> dict[str, dict[str, Any]]:
+    """What the sources of a training stream counted while it was drawn (e.g. ``min_fidelity``'s redraws).
+
+    Walks ``source`` and the streams it wraps (``sources`` of a ``MixedSource``, ``source`` of a wrapper) and
+    returns ``{stats_name: source.statistics()}`` for each that has ``statistics``; {} when none counts anything.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    todo, seen = [source], set()
+    while todo:
+        node = todo.pop(0)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if callable(getattr(node, "statistics", None)):
+            out[str(getattr(node, "stats_name", type(node).__name__))] = node.statistics()
+        todo += list(getattr(node, "sources", None) or []) + [getattr(node, "source", None)]
+    return out
+
+
 class CaseSource:
     """Random labelled cases, optionally augmented, optionally cropped to random patches (3D).
 

@@ -142,7 +142,10 @@ class AugmentedSource:
 
 class FidelityFilter:
     """PairSource: samples of ``source`` whose label fidelity under ``reference`` is below ``threshold`` are
-    redrawn (up to ``tries`` draws per sample; then the best-scoring draw is kept and counted in ``short``)."""
+    redrawn (up to ``tries`` draws per sample; then the best-scoring draw is kept and counted in ``short``).
+    ``statistics()`` (recorded in the training result as ``source_statistics``) says how often that happened."""
+
+    stats_name = "min_fidelity"
 
     def __init__(self, source: PairSource, reference: torch.nn.Module, threshold: float, *, num_classes: int,
                  device: torch.device | str, patch_size: Sequence[int] | None = None, tries: int = 8):
@@ -154,6 +157,14 @@ class FidelityFilter:
         self.patch_size = patch_size
         self.tries = int(tries)
         self.drawn = self.kept = self.short = 0  # statistics only; draws never depend on them
+
+    def statistics(self) -> dict[str, Any]:
+        """Samples asked for, how many reached the threshold, and draws per sample (batches a prefetch thread
+        drew ahead of the last step are counted too)."""
+        asked = self.kept + self.short
+        return {"threshold": self.threshold, "samples": asked, "reached": self.kept, "short": self.short,
+                "reached_fraction": self.kept / asked if asked else None,
+                "draws_per_sample": self.drawn / asked if asked else None}
 
     def _scores(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         from segsynth.evaluate.fidelity import label_fidelity

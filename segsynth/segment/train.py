@@ -43,7 +43,7 @@ from segsynth.errors import ConfigError
 from segsynth.nets.segmenters import check_input_size
 from segsynth.segment.inference import predict
 from segsynth.segment.losses import dice_ce_loss, soft_dice_per_class
-from segsynth.segment.sources import PairSource, Prefetcher
+from segsynth.segment.sources import PairSource, Prefetcher, source_statistics
 from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from segsynth.utils.files import atomic_path
 from segsynth.utils.precision import (
@@ -124,6 +124,7 @@ class TrainResult:
     precision: str = "fp32"
     data_wait_s: float = 0.0  # time the training thread waited for batches (this session)
     data_wait_fraction: float = 0.0  # data_wait_s / time in training steps (validation not counted)
+    source_statistics: dict[str, Any] = field(default_factory=dict)  # sources.source_statistics (this session)
 
 
 def is_distributed() -> bool:
@@ -277,10 +278,14 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
     model.eval()
+    stats = source_statistics(source)
+    for name, st in stats.items():
+        log.info("training source %s: %s", name, ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                          for k, v in st.items()))
     return TrainResult(model=model, best_val_dice=float(best), best_step=best_step, history=history,
                        seconds=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(device),
                        steps=cfg.steps, precision=describe_precision(amp_dtype), data_wait_s=batches.wait_s,
-                       data_wait_fraction=batches.wait_s / step_s if step_s > 0 else 0.0)
+                       data_wait_fraction=batches.wait_s / step_s if step_s > 0 else 0.0, source_statistics=stats)
 
 
 def _save_checkpoint(path: Path, model, opt, sched, gen_state, step, best, best_step, best_state, history, cfg, hooks):

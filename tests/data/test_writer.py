@@ -139,3 +139,26 @@ def test_masks_keep_the_source_raw_values(tmp_path):
     assert back.info.extra["value_map"] == {"0": 0, "255": 1}
     for a, b in zip(src.cases, back.cases):
         np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_memory_does_not_grow_with_the_records(tmp_path):
+    """A long synthesis run keeps only the written ids in memory, not each case's provenance record
+    (20,000 pairs of brainSPADE grew resident memory by ~80 MB when it did; issue 12)."""
+    import tracemalloc
+
+    big_meta = {"note": "x" * 20_000}  # 20 kB of provenance per case
+    cases = _photo_cases(40)
+    for c in cases:
+        c.meta = {**c.meta, **big_meta}
+    with DatasetWriter(tmp_path / "syn", PHOTO) as w:
+        w.add(cases[0])
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for c in cases[1:]:
+            w.add(c)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+    assert grown < 39 * 20_000 / 4, f"the writer kept {grown} bytes for 39 cases"
+    meta = json.loads((tmp_path / "syn" / "dataset.json").read_text())
+    assert meta["numPairs"] == 40 and [p["image"] for p in meta["pairs"]] == [f"images/syn{i:03d}.png" for i in
+                                                                              range(40)]

@@ -44,8 +44,14 @@ def test_sweep_fidelity_field_reference_reuse_and_report(tmp_path, monkeypatch, 
     assert "Verdict (paired Wilcoxon" in capsys.readouterr().out
     # without augment in the sweep, the reference is trained once per (N, seed), then reused
     out2 = tmp_path / "sweep2"
-    run_sweep(_cfg(data, out2, methods=["domain_rand"], n_values=[1], seeds=[0], fidelity_pairs=4))
+    rec, = run_sweep(_cfg(data, out2, methods=["domain_rand"], n_values=[1], seeds=[0], fidelity_pairs=4,
+                          method_options={"domain_rand": {"min_fidelity": 0.0}}))
     assert len(trained) == 1
+    # min_fidelity's redraws are counted in the record (threshold 0: every draw reaches it at once)
+    st = rec["source_statistics"]["min_fidelity"]
+    assert st["threshold"] == 0.0 and st["samples"] >= 4 and st["reached_fraction"] == 1.0
+    assert st["draws_per_sample"] == 1.0
+    assert "source_statistics" not in by["augment"]
 
 
 def test_cli_fidelity_flags():

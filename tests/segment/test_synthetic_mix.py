@@ -9,7 +9,7 @@ import torch
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.base import MethodContext
-from segsynth.segment.sources import CaseSource, MixedSource
+from segsynth.segment.sources import CaseSource, MixedSource, source_statistics
 from segsynth.segment.synthetic_mix import (
     AugmentedSource,
     FidelityFilter,
@@ -17,7 +17,7 @@ from segsynth.segment.synthetic_mix import (
     mixed_training_source,
     parse_mix_options,
 )
-from segsynth.segment.train import TrainConfig
+from segsynth.segment.train import TrainConfig, train_segmenter
 from segsynth.utils.seed import torch_generator
 from tests.evaluate.test_fidelity import Oracle, oracle_case
 
@@ -95,6 +95,26 @@ def test_min_fidelity_redraws_an_on_the_fly_stream():
                            device="cpu", tries=2)
     never.draw(3, torch_generator(0))
     assert never.short == 3  # kept the best draw, counted as short
+
+
+def test_min_fidelity_redraws_are_counted_and_reach_the_training_result():
+    stream = CaseSource([oracle_case(0), oracle_case(1, faithful=False)])
+    flt = FidelityFilter(stream, Oracle(), 0.9, num_classes=2, device="cpu", tries=40)
+    assert source_statistics(MixedSource([(CaseSource([oracle_case(5)]), 0.5), (flt, 0.5)])) == {
+        "min_fidelity": {"threshold": 0.9, "samples": 0, "reached": 0, "short": 0, "reached_fraction": None,
+                         "draws_per_sample": None}}
+    flt.draw(10, torch_generator(0))
+    st = source_statistics(AugmentedSource(flt, None, 2))["min_fidelity"]
+    assert st["samples"] == 10 and st["reached"] == 10 and st["short"] == 0 and st["reached_fraction"] == 1.0
+    assert st["draws_per_sample"] == flt.drawn / 10 > 1.0  # half the stream is unfaithful: it redrew
+    assert source_statistics(CaseSource([oracle_case(0)])) == {}  # nothing counted, nothing reported
+
+    model = torch.nn.Conv2d(1, 2, 1)
+    cfg = TrainConfig(steps=2, batch_size=4, val_every=10, progress=False, prefetch=0)
+    fresh = FidelityFilter(stream, Oracle(), 0.9, num_classes=2, device="cpu", tries=40)
+    result = train_segmenter(model, fresh, [], cfg, num_classes=2)
+    assert result.source_statistics["min_fidelity"]["samples"] == 8  # 2 steps x batch 4
+    assert result.source_statistics["min_fidelity"]["reached"] == 8
 
 
 def test_parse_mix_options():
