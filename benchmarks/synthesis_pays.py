@@ -102,7 +102,7 @@ def fidelity_stage(a: argparse.Namespace) -> Path:
     cpu = torch.device("cpu")
     t0 = time.perf_counter()
     if a.evaluator == "reference":
-        evaluator = split_reference(a, cfg, data, split)
+        evaluator = split_reference(a, cfg, data, split, seed=0)
     else:
         evaluator = SegmentationTerm.trained_on(train, k, weight=1.0, steps=a.eval_steps, seed=12345).model
     real = float(np.mean(label_fidelity(evaluator, val, num_classes=k, device=cpu)))
@@ -133,20 +133,23 @@ def fidelity_stage(a: argparse.Namespace) -> Path:
     return path
 
 
-def split_reference(a: argparse.Namespace, cfg: Any, data: Any, split: Any) -> torch.nn.Module:
-    """The ``augment`` reference segmenter of split 0, the one the sweep's label fidelity uses (same key:
-    ``--steps`` and the other sweep flags must match); a saved one of any sweep of this task is reused."""
+def split_reference(a: argparse.Namespace, cfg: Any, data: Any, split: Any, seed: int) -> torch.nn.Module:
+    """The ``augment`` reference segmenter of the split of ``seed``, the one the sweep's label fidelity uses (its
+    key hashes the split, the training flags and the seed): a saved one is reused, this sweep's variants first,
+    then any sweep of this task; otherwise it is trained into this sweep's ``augment/runs/_fidelity_reference``."""
     from segsynth.evaluate.fidelity import reference_dir, reference_segmenter
-    from segsynth.experiments.sweep import run_key
+    from segsynth.experiments.sweep import first_n, run_key
     from segsynth.generators.base import MethodContext
 
     n = cfg.n_values[0]
     base = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
-    ctx = MethodContext(info=data.info, train=split.train, val=split.val, segmenter=cfg.segmenter,
-                        segmenter_kwargs=dict(cfg.segmenter_kwargs), train_config=dataclasses.replace(cfg.train, seed=0),
-                        seed=0, device=torch.device("cpu"), workdir=base / "augment" / "runs" / run_key("augment", n, 0))
+    ctx = MethodContext(info=data.info, train=first_n(split.train, n), val=split.val, segmenter=cfg.segmenter,
+                        segmenter_kwargs=dict(cfg.segmenter_kwargs),
+                        train_config=dataclasses.replace(cfg.train, seed=seed), seed=seed, device=torch.device("cpu"),
+                        workdir=base / "augment" / "runs" / run_key("augment", n, seed))
     own = reference_dir(ctx)
-    reuse = sorted(RESULTS.glob(f"synthesis_pays_{a.name}*/*/runs/_fidelity_reference/{own.name}/model"))
+    reuse = [base / v / "runs" / "_fidelity_reference" / own.name / "model" for v in a.variants]
+    reuse += sorted(RESULTS.glob(f"synthesis_pays_{a.name}*/*/runs/_fidelity_reference/{own.name}/model"))
     return reference_segmenter(ctx, own, reuse=reuse)
 
 
@@ -210,11 +213,8 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
         draw_pairs,
         fidelity_summary,
         label_fidelity,
-        reference_dir,
-        reference_segmenter,
     )
     from segsynth.experiments.sweep import first_n, load_for_sweep, run_key
-    from segsynth.generators.base import MethodContext
     from segsynth.generators.genseg import GeneratedSource, GenSegGenerator
 
     cfg = sweep_config(argparse.Namespace(**{**vars(a), "methods": ["augment"], "tag": ""}))
@@ -225,10 +225,6 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
     for seed in range(a.seeds):
         split = split_cases(data.cases, n_train=n, n_val=cfg.n_val, seed=seed, n_test=cfg.n_test)
         train = first_n(split.train, n)
-        ctx = MethodContext(info=data.info, train=train, val=split.val, segmenter=cfg.segmenter,
-                            segmenter_kwargs=dict(cfg.segmenter_kwargs),
-                            train_config=dataclasses.replace(cfg.train, seed=seed), seed=seed, device=cpu,
-                            workdir=base / "augment" / "runs" / run_key("augment", n, seed))
         reference = None
         for variant in a.variants:
             method = VARIANTS[variant][0]
@@ -236,9 +232,7 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
             if method in ("none", "augment") or not (folder / "genseg.json").exists():
                 continue
             if reference is None:  # each variant's sweep trained this split's reference already (same key)
-                own = reference_dir(ctx)
-                reuse = [base / v / "runs" / "_fidelity_reference" / own.name / "model" for v in a.variants]
-                reference = reference_segmenter(ctx, own, reuse=reuse)
+                reference = split_reference(a, cfg, data, split, seed)
             gen = GenSegGenerator.load(folder)
             gen.set_source_masks(train)
             pairs = draw_pairs(GeneratedSource(gen, gen.source), n_pairs, seed=seed)

@@ -59,20 +59,21 @@ def shard_blocks(n: int, shards: int) -> list[list[int]]:
     return [list(range(k * n // shards, (k + 1) * n // shards)) for k in range(shards)]
 
 
-#: pairs are sampled this many batches ahead of the writing (``segsynth.utils.read_ahead``; 0: one after the
+#: pairs are sampled this many batches ahead of the writing (``segsynth.utils.read_ahead.ReadAhead``; 0: one after the
 #: other). Sampling and compressing + writing then overlap: 6.7 ms of writing per 64² NIfTI pair next to
 #: ~17 ms of sampling (brainSPADE, DPM-Solver++ 6, bf16, batch 64) on 2 cores.
 READ_AHEAD_BATCHES = 2
 
 
 def _fill(writer: Any, maker: PairMaker, indices: Sequence[int]) -> int:
-    from segsynth.utils.read_ahead import read_ahead
+    from segsynth.utils.read_ahead import ReadAhead
 
     todo = [i for i in indices if not writer.has(maker.case_id(i))]
     written = 0
     depth = READ_AHEAD_BATCHES * int(getattr(maker, "batch_size", 1) or 1)
-    for case in read_ahead(maker(todo), depth):
-        written += bool(writer.add(case))
+    with ReadAhead(maker(todo), depth) as cases:
+        for case in cases:
+            written += bool(writer.add(case))
     return written
 
 

@@ -6,7 +6,6 @@ generated images are all PairSources, so every method shares one training loop.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -143,18 +142,19 @@ class Prefetcher:
 
     def __init__(self, source: PairSource, batch_size: int, generator: torch.Generator, count: int,
                  depth: int = 2, pin_memory: bool = False):
+        from segsynth.utils.read_ahead import ReadAhead
+
         self.source, self.batch_size, self.generator = source, int(batch_size), generator
         self.count, self.pin_memory = int(count), bool(pin_memory)
         self.depth = int(depth) if prefetchable(source) else 0
         self.state = generator.get_state()
         self.wait_s = 0.0
-        self._given = 0
-        self._stop = threading.Event()
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, self.depth))
-        self._thread: threading.Thread | None = None
-        if self.depth > 0 and self.count > 0:
-            self._thread = threading.Thread(target=self._work, name="segsynth-prefetch", daemon=True)
-            self._thread.start()
+        draws = (self._draw() for _ in range(self.count))
+        self._batches = ReadAhead(draws, self.depth if self.count > 0 else 0, name="segsynth-prefetch")
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        return self._batches.thread
 
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = self.source.draw(self.batch_size, self.generator)
@@ -162,47 +162,18 @@ class Prefetcher:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y, self.generator.get_state()
 
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            for _ in range(self.count):
-                if self._stop.is_set() or not self._put(("batch", self._draw())):
-                    return
-        except BaseException as e:  # handed to the training thread, raised there
-            self._put(("error", e))
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._given >= self.count:
-            raise StopIteration
         t0 = time.perf_counter()
-        if self._thread is None:
-            x, y, state = self._draw()
-        else:
-            kind, item = self._queue.get()
-            if kind == "error":
-                raise item
-            x, y, state = item
+        x, y, state = next(self._batches)
         self.wait_s += time.perf_counter() - t0
-        self._given += 1
         self.state = state
         return x, y
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._batches.close()
 
     def __enter__(self) -> Prefetcher:
         return self

@@ -1,10 +1,11 @@
 """Iterate ahead on a background thread: the next items are made while the caller works on this one.
 
-``read_ahead(items, depth)`` runs the iteration of ``items`` on a daemon thread, up to ``depth`` items ahead of
-the caller, and yields them in order. Synthesis uses it to sample the next pairs (torch, which releases the
-GIL) while the current ones are compressed and written (zlib releases it too). An exception raised while
-making an item is raised to the caller at that item; closing the generator (or an exception in the caller)
-stops the thread. ``depth=0`` iterates on the caller's thread.
+``ReadAhead(items, depth)`` runs the iteration of ``items`` on a daemon thread, up to ``depth`` items ahead of
+the caller, and hands them out in order. The training loop's ``Prefetcher`` draws batches with it while a step
+computes; synthesis samples the next pairs with it (torch releases the GIL) while the current ones are
+compressed and written (zlib releases it too). An exception raised while making an item is raised to the
+caller at that item. Use it as a context manager (or call ``close``) so the thread stops when the caller ends
+early. ``depth=0`` iterates on the caller's thread, and no thread is started.
 """
 
 from __future__ import annotations
@@ -12,48 +13,68 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
-_END = object()
 
 
-def read_ahead(items: Iterable[T], depth: int) -> Iterator[T]:
-    """The items of ``items``, in order, made up to ``depth`` ahead on a background thread."""
-    if depth <= 0:
-        yield from items
-        return
-    q: queue.Queue = queue.Queue(maxsize=int(depth))
-    stop = threading.Event()
+class ReadAhead(Generic[T]):
+    """The items of ``items``, in order, made up to ``depth`` ahead on a thread named ``name``."""
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
+    def __init__(self, items: Iterable[T], depth: int, name: str = "segsynth-read-ahead"):
+        self._items = iter(items)
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+        self._done = False
+        self.thread: threading.Thread | None = None
+        if depth > 0:
+            self.thread = threading.Thread(target=self._work, name=name, daemon=True)
+            self.thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self) -> None:
         try:
-            for item in items:
-                if not put(("item", item)):
+            for item in self._items:
+                if not self._put(("item", item)):
                     return
-            put(("end", _END))
+            self._put(("end", None))
         except BaseException as e:  # raised on the caller's thread, at the item that failed
-            put(("error", e))
+            self._put(("error", e))
 
-    thread = threading.Thread(target=work, name="segsynth-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = q.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        if self.thread is None:
+            return next(self._items)
+        kind, item = self._queue.get()
+        if kind == "end":
+            self._done = True
+            raise StopIteration
+        if kind == "error":
+            self._done = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop making items and wait for the thread to end."""
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def __enter__(self) -> ReadAhead[T]:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,4 +1,4 @@
-"""read_ahead: items in order, made ahead on another thread, errors raised at their item, early close stops."""
+"""ReadAhead: items in order, made ahead on another thread, errors raised at their item, early close stops."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from segsynth.utils.read_ahead import read_ahead
+from segsynth.utils.read_ahead import ReadAhead
 
 
 @pytest.mark.parametrize("depth", [0, 1, 3])
 def test_items_in_order(depth):
-    assert list(read_ahead(iter(range(50)), depth)) == list(range(50))
-    assert list(read_ahead([], depth)) == []
+    assert list(ReadAhead(iter(range(50)), depth)) == list(range(50))
+    assert list(ReadAhead([], depth)) == []
 
 
 def test_items_are_made_ahead_on_another_thread():
@@ -24,7 +24,7 @@ def test_items_are_made_ahead_on_another_thread():
             made.append((i, threading.current_thread().name))
             yield i
 
-    it = read_ahead(items(), 3)
+    it = ReadAhead(items(), 3)
     assert next(it) == 0
     deadline = time.time() + 5
     while len(made) < 4 and time.time() < deadline:  # 0 taken, 1-3 waiting in the queue
@@ -41,7 +41,7 @@ def test_an_error_is_raised_at_its_item():
 
     got = []
     with pytest.raises(ValueError, match="pair 3 failed"):
-        for x in read_ahead(items(), 2):
+        for x in ReadAhead(items(), 2):
             got.append(x)
     assert got == [1, 2]
 
@@ -54,7 +54,7 @@ def test_closing_early_stops_the_thread():
             made.append(i)
             yield i
 
-    it = read_ahead(items(), 2)
+    it = ReadAhead(items(), 2)
     assert next(it) == 0
     it.close()  # joins the thread: nothing is made after close
     n = len(made)
