@@ -44,6 +44,10 @@ from genseg_benchmark import DATASETS, dice_plot, sweep_config  # noqa: E402
 
 from segsynth.experiments.sweep import print_summary, run_sweep  # noqa: E402
 
+_LEARNED_3D: dict[str, Any] = {"reg_steps": 400, "app_steps": 200, "reg_batch": 2, "max_unlabelled": 100,
+                               "reg_channels": [8, 16, 16, 16], "reg_final_channels": [8, 8],
+                               "app_channels": [8, 16, 32]}
+
 #: variant -> (method, extra genseg options); ``seg_weight`` of "genseg_aug_seg" comes from --seg-weight
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
@@ -74,6 +78,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "separate_aug_long_mf70": ("separate", {"augment_real": True, "pretrain_steps": 1000, "min_fidelity": 0.7}),
     # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
     # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
+    # Zhao et al.'s learned transforms (3D, hippocampus): the first labelled volume is the atlas, registered to up
+    # to 100 unlabelled volumes of the split's pool; pairs = the atlas and its labels under a drawn spatial
+    # transform and a drawn appearance transform; half of each batch real, both streams classically augmented.
+    # Network sizes and fit steps of learned_transforms_benchmark.py's 3D part.
+    "learned_aug": ("learned", {"augment_real": True, "real_fraction": 0.5, **_LEARNED_3D}),
+    "learned_aug_rf75": ("learned", {"augment_real": True, "real_fraction": 0.75, **_LEARNED_3D}),
     "augment_bf16": ("augment", {"precision": "bf16"}),
     "genseg_aug_fast_bf16": ("genseg_aug", {"gen_every": 2, "arch_every_max": 16, "precision": "bf16"}),
 }
@@ -263,6 +273,8 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for variant in a.variants:
         method, extra = VARIANTS[variant]
         extra = {k: (seg_weight if k == "seg_weight" and v is None else v) for k, v in extra.items()}
+        if method not in ("none", "augment"):
+            extra.update(a.opt)
         precision = extra.pop("precision", a.precision)
         if "seg_weight" in extra:
             extra["seg_steps"] = a.seg_steps
@@ -270,8 +282,8 @@ def sweep_stage(a: argparse.Namespace) -> Path:
         cfg.out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}" / variant
         cfg.report = False
         cfg.train = dataclasses.replace(cfg.train, precision=precision)
-        if method in cfg.method_options:
-            cfg.method_options[method].update(extra)
+        if extra:
+            cfg.method_options.setdefault(method, {}).update(extra)
         for r in run_sweep(cfg):
             records.append({**r, "method": variant})
     out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
@@ -303,6 +315,16 @@ def sweep_stage(a: argparse.Namespace) -> Path:
         print(f"{c['test_set']:20s} {c['method_a']} - {c['method_b']}: {c['mean_diff']:+.4f} "
               f"(Wilcoxon p={c['wilcoxon_p']:.3g}, n={c['n']})")
     return path
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--opt wants KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> None:
@@ -349,7 +371,11 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16"),
                    help="training precision of every variant without its own (the *_bf16 variants: bf16)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of every generator variant, over the variant's own (JSON value, else text); "
+                        "e.g. --opt reg_steps=20 for a smoke run (repeatable)")
     a = p.parse_args()
+    a.opt = dict(_key_value(o) for o in a.opt)
     if a.threads:
         torch.set_num_threads(a.threads)
     a.methods = []

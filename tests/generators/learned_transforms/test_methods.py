@@ -51,3 +51,26 @@ def test_method_option_and_data_errors(tmp_path):
     t = LearnedTransforms.for_atlas(cases[0], 3, **SMALL)
     with pytest.raises(ConfigError):
         t.sample(1, generator=torch_generator(0))  # nothing encoded yet
+
+
+def test_learned_pairs_stack_on_augmentation(tmp_path):
+    """learned with augment_real (the synthesis_pays recipe): with 2 labelled cases half of a batch is real; the
+    real cases and the learned pairs go through the same classical augmentation; with one labelled case and
+    no options the paper's one-shot setting (learned pairs only, unaugmented) is kept."""
+    from segsynth.generators.learned_transforms.sources import LearnedSource
+    from segsynth.segment.sources import CaseSource, MixedSource
+    from segsynth.segment.synthetic_mix import AugmentedSource
+
+    cases = _cases(n=6)
+    ctx = _ctx(tmp_path, cases)
+    ctx.train = cases[:2]
+    src = get_method("learned", augment_real=True, real_fraction=0.5, **FAST_OPTS).training_source(ctx)
+    assert isinstance(src, MixedSource) and torch.allclose(src.weights, torch.tensor([0.5, 0.5]))
+    real, syn = src.sources
+    assert isinstance(real, CaseSource) and real.transform is not None and len(real) == 2
+    assert isinstance(syn, AugmentedSource) and isinstance(syn.source, LearnedSource)
+    assert type(syn.transform) is type(real.transform)
+    a, b = src.draw(4, torch_generator(3)), src.draw(4, torch_generator(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (4, 1, 32, 32)
+    one_shot = get_method("learned", **FAST_OPTS).training_source(_ctx(tmp_path, cases))
+    assert isinstance(one_shot, LearnedSource)
