@@ -252,6 +252,18 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
     return out
 
 
+def record_fidelity(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per variant and seed: the label fidelity the sweep itself measured (its records' ``label_fidelity``), for
+    variants ``sweep_fidelity`` does not re-measure (those without a saved GenSeg generator: learned, ...)."""
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in records:  # one row per seed (a run tested on two test sets has two records with the same fidelity)
+        fid = r.get("label_fidelity") or {}
+        if "synthetic_mean" in fid:
+            rows.setdefault(r["method"], {})[r["seed"]] = {
+                "seed": r["seed"], **{k: v for k, v in fid.items() if k not in ("scores", "real_val_scores")}}
+    return {v: [by_seed[s] for s in sorted(by_seed)] for v, by_seed in sorted(rows.items())}
+
+
 def merge_fidelity(previous: Path, new: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """Fidelity rows of this call plus those an earlier call of the same sweep measured for seeds whose generator
     is gone now (run folders are not kept; a sweep extended by more seeds measures only the new ones)."""
@@ -298,7 +310,8 @@ def sweep_stage(a: argparse.Namespace) -> Path:
                 comparisons += paired(records, v, full)
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
               "wall_seconds": time.perf_counter() - t0}
-    config["label_fidelity"] = merge_fidelity(RESULTS / f"{out.name}.json", sweep_fidelity(a))
+    config["label_fidelity"] = {**record_fidelity(records),
+                                **merge_fidelity(RESULTS / f"{out.name}.json", sweep_fidelity(a))}
     for v, rows in config["label_fidelity"].items():
         print(f"{v}: label fidelity {np.mean([r['synthetic_mean'] for r in rows]):.3f} vs real validation "
               f"{np.mean([r['real_val_mean'] for r in rows]):.3f} (ratio {np.mean([r['ratio'] for r in rows]):.2f})")
