@@ -41,14 +41,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, paired, write_summary  # noqa: E402
 from genseg_benchmark import DATASETS, dice_plot, sweep_config  # noqa: E402
+from learned_transforms_benchmark import SCALES as LT_SCALES  # noqa: E402
 
 from segsynth.experiments.sweep import print_summary, run_sweep  # noqa: E402
 
-_LEARNED_3D: dict[str, Any] = {"reg_steps": 400, "app_steps": 200, "reg_batch": 2, "max_unlabelled": 100,
-                               "reg_channels": [8, 16, 16, 16], "reg_final_channels": [8, 8],
-                               "app_channels": [8, 16, 32]}
+#: learned transforms at the sizes of learned_transforms_benchmark.py's 3D part (its medium scale)
+_LT_3D = LT_SCALES["medium"]["oneshot3d"]
+_LEARNED_3D: dict[str, Any] = {
+    **{k: _LT_3D[k] for k in ("reg_steps", "app_steps", "reg_batch", "reg_channels", "reg_final_channels",
+                              "app_channels")},
+    "max_unlabelled": _LT_3D["n_unlabelled"]}
 
-#: variant -> (method, extra genseg options); ``seg_weight`` of "genseg_aug_seg" comes from --seg-weight
+#: variant -> (method, extra method options); ``seg_weight`` of "genseg_aug_seg" comes from --seg-weight
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
     "augment": ("augment", {}),
@@ -76,14 +80,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "separate_aug_long": ("separate", {"augment_real": True, "pretrain_steps": 1000}),
     "separate_aug_long_mf50": ("separate", {"augment_real": True, "pretrain_steps": 1000, "min_fidelity": 0.5}),
     "separate_aug_long_mf70": ("separate", {"augment_real": True, "pretrain_steps": 1000, "min_fidelity": 0.7}),
-    # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
-    # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     # Zhao et al.'s learned transforms (3D, hippocampus): the first labelled volume is the atlas, registered to up
     # to 100 unlabelled volumes of the split's pool; pairs = the atlas and its labels under a drawn spatial
     # transform and a drawn appearance transform; half of each batch real, both streams classically augmented.
     # Network sizes and fit steps of learned_transforms_benchmark.py's 3D part.
     "learned_aug": ("learned", {"augment_real": True, "real_fraction": 0.5, **_LEARNED_3D}),
     "learned_aug_rf75": ("learned", {"augment_real": True, "real_fraction": 0.75, **_LEARNED_3D}),
+    # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
+    # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     "augment_bf16": ("augment", {"precision": "bf16"}),
     "genseg_aug_fast_bf16": ("genseg_aug", {"gen_every": 2, "arch_every_max": 16, "precision": "bf16"}),
 }
