@@ -80,6 +80,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "separate_aug_long": ("separate", {"augment_real": True, "pretrain_steps": 1000}),
     "separate_aug_long_mf50": ("separate", {"augment_real": True, "pretrain_steps": 1000, "min_fidelity": 0.5}),
     "separate_aug_long_mf70": ("separate", {"augment_real": True, "pretrain_steps": 1000, "min_fidelity": 0.7}),
+    # pretrain on real + synthetic, then fine-tune on the real pairs alone, in one run: generated pairs only in
+    # the first half of the steps (synthetic_until; GenSeg's generator stops updating there too)
+    "separate_aug_su50": ("separate", {"augment_real": True, "synthetic_until": 0.5}),
+    "genseg_aug_su50": ("genseg_aug", {"synthetic_until": 0.5}),
+    # beyond the paper: the generator also renders the task's label maps that have no image (ISIC's 2,000
+    # masks_only_train2000/; "{data}" is the task's data folder), drawn with the augmented real masks. The GAN
+    # learns from the labelled pairs only; augment cannot use these masks at all
+    "separate_aug_xm": ("separate", {"augment_real": True, "extra_masks": "{data}/masks_only_train2000"}),
+    "genseg_aug_fast_xm": ("genseg_aug", {"gen_every": 2, "arch_every_max": 16,
+                                          "extra_masks": "{data}/masks_only_train2000"}),
     # Zhao et al.'s learned transforms (3D, hippocampus): the first labelled volume is the atlas, registered to up
     # to 100 unlabelled volumes of the split's pool; pairs = the atlas and its labels under a drawn spatial
     # transform and a drawn appearance transform; half of each batch real, both streams classically augmented.
@@ -245,6 +255,8 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
             folder = base / variant / "runs" / run_key(method, n, seed) / "generator"
             if method in ("none", "augment") or not (folder / "genseg.json").exists():
                 continue
+            if "extra_masks" in VARIANTS[variant][1]:  # renders more than the real masks: the sweep's own
+                continue                               # measurement (record_fidelity) covers its pairs
             if reference is None:  # each variant's sweep trained this split's reference already (same key)
                 reference = split_reference(a, cfg, data, split, seed)
             gen = GenSegGenerator.load(folder)
@@ -312,6 +324,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
         if "seg_weight" in extra:
             extra["seg_steps"] = a.seg_steps
         cfg = sweep_config(argparse.Namespace(**{**vars(a), "methods": [method], "tag": ""}))
+        extra = {k: v.format(data=cfg.data) if isinstance(v, str) else v for k, v in extra.items()}
         cfg.out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}" / variant
         share_references(cfg.out)
         cfg.report = False
@@ -326,7 +339,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
-        for suffix in ("_fast", "_bf16"):  # the cheaper setting (or precision) against the full one
+        for suffix in ("_fast", "_bf16", "_xm", "_su50"):  # a setting against the variant without it
             full = v.removesuffix(suffix)
             if full != v and full in a.variants:
                 comparisons += paired(records, v, full)

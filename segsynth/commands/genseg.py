@@ -172,51 +172,14 @@ def _generator_dir(path: Path) -> Path:
     raise DataError(f"no {GENSEG_CONFIG} here or in generator/: not a GenSeg generator folder", path)
 
 
-def _mask_files(path: Path) -> list[Path]:
-    from segsynth.data.io import is_image_file
+def _read_masks(path: Path, gen: Any) -> list[tuple[str, np.ndarray]]:
+    """(file stem, mask) for a mask file or folder: class ids at the generator's working size (stored values
+    of the generator's dataset are mapped; see ``segsynth.data.dataset.load_masks``)."""
+    from segsynth.data.dataset import load_masks, value_map_of
 
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError("mask folder does not exist", path)
-    files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
-    if not files:
-        raise DataError("no mask files (PNG, JPEG, NIfTI) in this folder", path)
-    return files
-
-
-def _read_masks(files: list[Path], gen: Any) -> list[tuple[str, np.ndarray]]:
-    """Masks as contiguous class ids at the generator's working size (2D: nearest resize)."""
-    import torch
-    import torch.nn.functional as F
-
-    from segsynth.data.io import file_stem, read_mask
-
-    k = gen.num_classes
-    vmap: dict[int, int] | None = None
-    if gen.info is not None and gen.info.extra.get("value_map"):
-        vmap = {int(r): int(i) for r, i in gen.info.extra["value_map"].items()}
-    out = []
-    for f in files:
-        raw, meta = read_mask(f)
-        values = set(np.unique(raw).tolist())
-        if vmap is not None and values <= set(vmap):
-            mask = np.zeros(raw.shape, dtype=np.int64)
-            for r, i in vmap.items():
-                mask[raw == r] = i
-        elif values <= set(range(k)):
-            mask = raw.astype(np.int64)
-        else:
-            known = sorted(vmap) if vmap is not None else list(range(k))
-            raise DataError(f"mask values {sorted(values)} are not the generator's classes (stored values "
-                            f"{known})", f)
-        if mask.ndim != len(gen.spatial_shape):
-            raise DataError(f"mask is {mask.ndim}D but the generator is {len(gen.spatial_shape)}D", f)
-        if mask.ndim == 2 and list(mask.shape) != list(gen.spatial_shape):
-            t = torch.as_tensor(mask)[None, None].float()
-            mask = F.interpolate(t, size=tuple(gen.spatial_shape), mode="nearest")[0, 0].long().numpy()
-        out.append((file_stem(f), mask))
-    return out
+    vmap = value_map_of(gen.info) if gen.info is not None else {i: i for i in range(gen.num_classes)}
+    masks, ids = load_masks(path, vmap, tuple(gen.spatial_shape), progress=False)
+    return list(zip(ids, masks))
 
 
 class GenSegPairs:
@@ -256,7 +219,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be >= 1, got {a.n}")
     assert gen.num_classes is not None and gen.image_channels is not None and gen.spatial_shape is not None
     if a.masks is not None:
-        masks = _read_masks(_mask_files(a.masks), gen)
+        masks = _read_masks(a.masks, gen)
         n = a.n or len(masks)
         source = str(a.masks)
     else:

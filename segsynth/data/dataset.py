@@ -240,3 +240,63 @@ def load_unlabelled(root: str | Path, spec: PreprocessSpec | None = None, *, max
         raise DataError("no images found", root)
     _harmonise_channels(cases, root)
     return cases
+
+
+def value_map_of(info: DatasetInfo) -> dict[int, int]:
+    """Raw mask value -> class id of a loaded dataset (identity over its class ids when it recorded none)."""
+    recorded = info.extra.get("value_map")
+    if recorded:
+        return {int(k): int(v) for k, v in recorded.items()}
+    return {int(k): int(k) for k in info.labels}
+
+
+def load_masks(path: str | Path, value_map: dict[int, int], shape: tuple[int, ...], *,
+               max_masks: int | None = None, progress: bool = True) -> tuple[list[np.ndarray], list[str]]:
+    """Label maps without images (a folder, e.g. ISIC's ``masks_only_train2000/``, or one file), brought to the
+    working ``shape``.
+
+    A mask's values are mapped with ``value_map`` (raw value -> class id: the labelled dataset's,
+    ``value_map_of(info)``) when they are all raw values of it, and taken as class ids when they are all class
+    ids. A 2D mask is resized (nearest) to ``shape``, a 3D one centre cropped / padded, as the dataset's masks
+    were. Files are read in name order; ``max_masks`` keeps the first N.
+
+    Returns:
+        (masks, ids): int64 arrays of ``shape`` and the file stems.
+
+    Raises:
+        DataError: a missing or empty folder, an unreadable mask, values that are neither, or a mask of
+            another dimensionality than ``shape`` (each naming the file).
+    """
+    from segsynth.data.io import file_stem, is_image_file
+    from segsynth.data.preprocess import crop_or_pad, resize_case
+
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if is_image_file(p))
+    else:
+        raise DataError("mask folder not found", path)
+    if max_masks is not None:
+        files = files[: max(0, int(max_masks))]
+    if not files:
+        raise DataError("no mask files in the folder (png, jpg, tif, bmp or NIfTI)", path)
+    ids_known = set(value_map.values())
+    masks, ids = [], []
+    for f in _progress(files, f"loading masks of {path.name}", progress):
+        raw, _ = read_mask(f)
+        if raw.ndim != len(shape):
+            raise DataError(f"mask is {raw.ndim}D but the labelled cases are {len(shape)}D {tuple(shape)}", f)
+        values = {int(v) for v in np.unique(raw)}
+        if values <= set(value_map):
+            mask = map_mask_values(raw, value_map, f)
+        elif values <= ids_known:
+            mask = raw.astype(np.int64)  # already class ids
+        else:
+            raise DataError(f"mask values {sorted(values)} are neither the dataset's stored mask values "
+                            f"{sorted(value_map)} nor its class ids {sorted(ids_known)}", f)
+        case = Case(file_stem(f), np.zeros((1, *mask.shape), np.float32), mask)
+        case = resize_case(case, shape) if len(shape) == 2 else crop_or_pad(case, shape)
+        masks.append(np.asarray(case.mask, dtype=np.int64))
+        ids.append(case.case_id)
+    return masks, ids

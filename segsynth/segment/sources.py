@@ -1,4 +1,5 @@
-"""Where training batches come from. The training loop only ever calls ``source.draw(batch_size, generator)``.
+"""Where training batches come from. The training loop only ever calls ``source.draw(batch_size, generator)``
+(or, for a source whose batches change with the step, ``PhasedSource``, ``source.draw_at(step, ...)``).
 
 Real pairs, classical augmentation, synthetic pairs, learned transforms sampled on the fly and GenSeg's
 generated images are all PairSources, so every method shares one training loop.
@@ -125,6 +126,35 @@ class MixedSource:
         return collate(xs, ys)
 
 
+class PhasedSource:
+    """A training stream that changes at given steps: ``phases`` = [(first_step, source), ...], the first at
+    step 0, e.g. real + synthetic pairs for the first half of a run and the real pairs alone after it
+    (``synthetic_until`` in ``segsynth.segment.synthetic_mix``).
+
+    The step is a pure function of a batch's place in the run (the ``Prefetcher`` passes it to ``draw_at``), so
+    batches stay deterministic per seed and a resumed run draws from the right phase. ``draw`` (no step) is the
+    first phase's.
+    """
+
+    def __init__(self, phases: Sequence[tuple[int, PairSource]]):
+        starts = [int(s) for s, _ in phases]
+        if not phases or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+            raise ValueError(f"PhasedSource needs phases starting at step 0 in increasing order, got {starts}")
+        self.starts = starts
+        self.sources = [src for _, src in phases]
+        self.prefetchable = all(prefetchable(s) for s in self.sources)
+
+    def source_at(self, step: int) -> PairSource:
+        i = max(k for k, s in enumerate(self.starts) if s <= step)
+        return self.sources[i]
+
+    def draw_at(self, step: int, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source_at(step).draw(batch_size, generator)
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sources[0].draw(batch_size, generator)
+
+
 class Prefetcher:
     """The batches ``source.draw(batch_size, generator)`` would give, ``count`` of them, drawn ahead.
 
@@ -137,11 +167,13 @@ class Prefetcher:
     ``close``) so the thread stops when training ends early.
 
     Args:
+        start: the training step of the first batch (a resumed run's step): a source with ``draw_at``
+            (``PhasedSource``) is given each batch's step.
         pin_memory: pin batches in page-locked memory (for asynchronous copies to a GPU).
     """
 
     def __init__(self, source: PairSource, batch_size: int, generator: torch.Generator, count: int,
-                 depth: int = 2, pin_memory: bool = False):
+                 depth: int = 2, pin_memory: bool = False, start: int = 0):
         from segsynth.utils.read_ahead import ReadAhead
 
         self.source, self.batch_size, self.generator = source, int(batch_size), generator
@@ -149,15 +181,18 @@ class Prefetcher:
         self.depth = int(depth) if prefetchable(source) else 0
         self.state = generator.get_state()
         self.wait_s = 0.0
-        draws = (self._draw() for _ in range(self.count))
+        draws = (self._draw(int(start) + i) for i in range(self.count))
         self._batches = ReadAhead(draws, self.depth if self.count > 0 else 0, name="segsynth-prefetch")
 
     @property
     def _thread(self) -> threading.Thread | None:
         return self._batches.thread
 
-    def _draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y = self.source.draw(self.batch_size, self.generator)
+    def _draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if hasattr(self.source, "draw_at"):
+            x, y = self.source.draw_at(step, self.batch_size, self.generator)
+        else:
+            x, y = self.source.draw(self.batch_size, self.generator)
         if self.pin_memory:
             x, y = x.pin_memory(), y.pin_memory()
         return x, y, self.generator.get_state()

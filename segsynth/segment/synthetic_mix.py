@@ -9,7 +9,10 @@ of generated ``Case`` objects, or a ``PairSource`` that renders pairs on the fly
 * ``real_fraction`` of each batch is real, in expectation (``MixedSource`` draws every sample's stream);
 * with ``min_fidelity``, synthetic pairs whose label fidelity (``segsynth.evaluate.fidelity``: the Dice of
   the ``augment`` reference segmenter's prediction on the image against the pair's mask) is below the
-  threshold are dropped: filtered once for a list of cases, rejected and redrawn for an on-the-fly stream.
+  threshold are dropped: filtered once for a list of cases, rejected and redrawn for an on-the-fly stream;
+* with ``synthetic_until`` (a fraction of the run's steps), synthetic pairs are in the batches only up to
+  that step and the rest of the run trains on the real pairs alone: pretraining on real + synthetic, then
+  fine-tuning on the real pairs, in one run of the one loop (``PhasedSource``).
 
 All randomness comes from the ``torch.Generator`` the training loop passes to ``draw`` (and checkpoints), so
 a run is deterministic per seed and resumes exactly; the sources keep no state between draws.
@@ -17,7 +20,8 @@ a run is deterministic per seed and resumes exactly; the sources keep no state b
 Options (one shared parser, ``parse_mix_options``; each method passes its own defaults):
 ``real_fraction`` (0..1), ``augment_real``, ``augment_synthetic`` (None = as ``augment_real``),
 ``min_fidelity`` (None or 0..1), ``aug_kind`` (the ``augment`` kind, default "combined"), ``aug_flip``,
-``fidelity_tries`` (redraws per sample of an on-the-fly stream before the best-scoring draw is kept).
+``fidelity_tries`` (redraws per sample of an on-the-fly stream before the best-scoring draw is kept),
+``synthetic_until`` (None = the whole run, or a fraction in (0, 1] of its steps).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError, DataError
-from segsynth.segment.sources import CaseSource, MixedSource, PairSource, collate, prefetchable
+from segsynth.segment.sources import CaseSource, MixedSource, PairSource, PhasedSource, collate, prefetchable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class MixOptions:
     aug_kind: str = "combined"
     aug_flip: bool = False
     fidelity_tries: int = 8
+    synthetic_until: float | None = None
 
     def __post_init__(self) -> None:
         rf = float(self.real_fraction)
@@ -56,6 +61,10 @@ class MixOptions:
             raise ConfigError(f"real_fraction must be in [0, 1], got {self.real_fraction!r}")
         if self.min_fidelity is not None and not 0.0 <= float(self.min_fidelity) <= 1.0:
             raise ConfigError(f"min_fidelity must be in [0, 1] or null, got {self.min_fidelity!r}")
+        if self.synthetic_until is not None and not (math.isfinite(float(self.synthetic_until))
+                                                     and 0.0 < float(self.synthetic_until) <= 1.0):
+            raise ConfigError(f"synthetic_until must be in (0, 1] (a fraction of the run's steps) or null, "
+                              f"got {self.synthetic_until!r}")
         if int(self.fidelity_tries) < 1:
             raise ConfigError(f"fidelity_tries must be >= 1, got {self.fidelity_tries!r}")
         from segsynth.data.transforms import AUGMENTATIONS
@@ -66,6 +75,12 @@ class MixOptions:
     @property
     def synthetic_augmented(self) -> bool:
         return self.augment_real if self.augment_synthetic is None else bool(self.augment_synthetic)
+
+    def synthetic_steps(self, steps: int) -> int:
+        """How many of a run's ``steps`` have synthetic pairs in their batches (the first ones; at least 1)."""
+        if self.synthetic_until is None:
+            return int(steps)
+        return min(int(steps), max(1, round(float(self.synthetic_until) * int(steps))))
 
 
 MIX_OPTION_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(MixOptions))
@@ -108,7 +123,7 @@ def parse_mix_options(options: Mapping[str, Any], defaults: MixOptions | None = 
             values[name] = _bool(name, values[name])
     if values.get("augment_synthetic") is not None:
         values["augment_synthetic"] = _bool("augment_synthetic", values["augment_synthetic"])
-    for name in ("real_fraction", "min_fidelity"):
+    for name in ("real_fraction", "min_fidelity", "synthetic_until"):
         if values.get(name) is not None:
             try:
                 values[name] = float(values[name])
@@ -255,9 +270,14 @@ def mixed_training_source(ctx: Any, synthetic: Sequence[Case] | PairSource, opts
                                  device=ctx.device, patch_size=patch, tries=opts.fidelity_tries)
         if syn_aug is not None:
             syn = AugmentedSource(syn, syn_aug, k)
-    if opts.real_fraction <= 0.0:
-        return syn
-    return MixedSource([(real, opts.real_fraction), (syn, 1.0 - opts.real_fraction)])
+    mixed: PairSource = syn if opts.real_fraction <= 0.0 else MixedSource(
+        [(real, opts.real_fraction), (syn, 1.0 - opts.real_fraction)])
+    steps = ctx.train_config.steps if ctx.train_config else None
+    if steps is None or opts.synthetic_steps(steps) >= steps:
+        return mixed
+    switch = opts.synthetic_steps(steps)
+    log.info("synthetic pairs in the first %d of %d steps, then the real pairs alone", switch, steps)
+    return PhasedSource([(0, mixed), (switch, real)])
 
 
 __all__ = ["MIX_OPTION_NAMES", "AugmentedSource", "FidelityFilter", "MixOptions", "filter_cases",

@@ -214,7 +214,7 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
                dynamic_ncols=True, leave=False)
     net.train()
     batches = Prefetcher(source, cfg.batch_size, gen, cfg.steps - start_step, depth=cfg.prefetch,
-                         pin_memory=device.type == "cuda")
+                         pin_memory=device.type == "cuda", start=start_step)
     step_s, t_mark = 0.0, time.perf_counter()  # step time: from asking for a batch to the end of the hooks
     try:
         for step, (x, y) in zip(range(start_step, cfg.steps), batches):

@@ -108,3 +108,42 @@ def test_pairs_volume_id_groups_slices_of_one_subject(tmp_path):
     assert [c.meta["volume_id"] for c in ds.cases] == ["sub0", "sub0", "sub1", "sub1", "sub2", "sub2"]
     s = split_cases(ds.cases, 1, 1, seed=0)
     assert len(s.train) == 2 and len(s.test) == 2
+
+
+def _write_mask_png(path, mask):
+    from PIL import Image
+
+    Image.fromarray(mask.astype(np.uint8)).save(path)
+
+
+def test_load_masks_maps_values_and_brings_masks_to_the_working_shape(tmp_path):
+    from segsynth.data.dataset import load_masks
+
+    big = np.zeros((40, 30), np.uint8)
+    big[10:30, 5:25] = 255
+    _write_mask_png(tmp_path / "b.png", big)
+    _write_mask_png(tmp_path / "a.png", np.zeros((16, 16), np.uint8))
+    masks, ids = load_masks(tmp_path, {0: 0, 255: 1}, (16, 16), progress=False)
+    assert ids == ["a", "b"] and all(m.shape == (16, 16) and m.dtype == np.int64 for m in masks)
+    assert set(np.unique(masks[1]).tolist()) == {0, 1} and masks[0].max() == 0
+    assert abs(masks[1].mean() - big.astype(bool).mean()) < 0.05  # resized, not cropped
+    assert load_masks(tmp_path, {0: 0, 255: 1}, (16, 16), max_masks=1, progress=False)[1] == ["a"]
+
+
+def test_load_masks_refuses_bad_folders_and_files_naming_them(tmp_path):
+    from segsynth.data.dataset import load_masks
+    from segsynth.errors import DataError
+
+    with pytest.raises(DataError, match="not found"):
+        load_masks(tmp_path / "nowhere", {0: 0}, (8, 8), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no mask files"):
+        load_masks(tmp_path / "empty", {0: 0}, (8, 8), progress=False)
+    odd = np.zeros((8, 8), np.uint8)
+    odd[2, 2] = 7
+    _write_mask_png(tmp_path / "odd.png", odd)
+    with pytest.raises(DataError, match=r"odd\.png.*|values 7") as err:
+        load_masks(tmp_path, {0: 0, 255: 1}, (8, 8), progress=False)
+    assert "odd.png" in str(err.value) and "7" in str(err.value)
+    with pytest.raises(DataError, match="2D but the labelled cases are 3D"):
+        load_masks(tmp_path, {0: 0, 7: 1}, (8, 8, 8), progress=False)

@@ -9,7 +9,7 @@ import torch
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.base import MethodContext
-from segsynth.segment.sources import CaseSource, MixedSource, source_statistics
+from segsynth.segment.sources import CaseSource, MixedSource, PhasedSource, Prefetcher, source_statistics
 from segsynth.segment.synthetic_mix import (
     AugmentedSource,
     FidelityFilter,
@@ -30,8 +30,8 @@ def _flat(value: float, i: int, shape=(16, 16)) -> Case:
     return Case(f"{'real' if value < 0 else 'syn'}{i}", np.full((1, *shape), value, np.float32), mask)
 
 
-def _ctx(train, **kw):
-    return MethodContext(info=INFO, train=train, val=[], train_config=TrainConfig(steps=1), **kw)
+def _ctx(train, steps=1, **kw):
+    return MethodContext(info=INFO, train=train, val=[], train_config=TrainConfig(steps=steps), **kw)
 
 
 @pytest.mark.parametrize("real_fraction", [0.2, 0.5, 0.8])
@@ -71,6 +71,32 @@ def test_synthetic_pairs_get_the_real_pairs_augmentation():
     a, b = fly.draw(6, torch_generator(1)), fly.draw(6, torch_generator(1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert any(not torch.equal(m, torch.as_tensor(syn[0].mask)) for m in a[1])  # warped masks
+
+
+def test_synthetic_until_trains_on_the_real_pairs_alone_after_the_switch():
+    ctx = _ctx([_flat(-1.0, i) for i in range(3)], steps=10)
+    syn = [_flat(1.0, i) for i in range(4)]
+    src = mixed_training_source(ctx, syn, MixOptions(real_fraction=0.0, synthetic_until=0.3))
+    assert isinstance(src, PhasedSource) and src.starts == [0, 3]
+    with Prefetcher(src, 4, torch_generator(0), 10, depth=2) as batches:
+        signs = [set(np.sign(x.flatten(1).mean(1).numpy()).tolist()) for x, _ in batches]
+    assert signs == [{1.0}] * 3 + [{-1.0}] * 7  # synthetic for the first 30 % of the steps, then real only
+    # a resumed run (start step and generator state from the checkpoint) draws exactly the batches it would have
+    with Prefetcher(src, 4, torch_generator(0), 10, depth=0) as full:
+        whole = [x for x, _ in full]
+    with Prefetcher(src, 4, torch_generator(0), 5, depth=0) as head:
+        list(head)
+    g = torch_generator(0)
+    g.set_state(head.state)
+    with Prefetcher(src, 4, g, 5, depth=2, start=5) as tail:
+        rest = [x for x, _ in tail]
+    assert len(rest) == 5 and all(torch.equal(a, b) for a, b in zip(rest, whole[5:]))
+    # the whole run (or no run length known) keeps one stream
+    assert not isinstance(mixed_training_source(ctx, syn, MixOptions(real_fraction=0.0, synthetic_until=1.0)),
+                          PhasedSource)
+    assert MixOptions(synthetic_until=0.01).synthetic_steps(10) == 1  # at least one step sees synthetic pairs
+    with pytest.raises(ValueError, match="step 0"):
+        PhasedSource([(2, CaseSource(syn))])
 
 
 def test_min_fidelity_drops_unfaithful_cases(tmp_path):
@@ -121,10 +147,11 @@ def test_parse_mix_options():
     opts, rest = parse_mix_options({"real_weight": "0.3", "augment_real": "true", "n_synthetic": 7, "min_fidelity": 0.6},
                                    defaults=MixOptions(augment_real=False), aliases={"real_weight": "real_fraction"})
     assert opts.real_fraction == 0.3 and opts.augment_real and opts.synthetic_augmented and opts.min_fidelity == 0.6
+    assert parse_mix_options({"synthetic_until": "0.5"})[0].synthetic_until == 0.5
     assert rest == {"n_synthetic": 7}
     assert parse_mix_options({}, defaults=MixOptions(real_fraction=0.7))[0].real_fraction == 0.7
     for bad in ({"real_fraction": 1.5}, {"min_fidelity": -0.1}, {"augment_real": "maybe"}, {"aug_kind": "twist"},
-                {"real_fraction": "half"}):
+                {"real_fraction": "half"}, {"synthetic_until": 0}, {"synthetic_until": 1.5}):
         with pytest.raises(ConfigError):
             parse_mix_options(bad)
     with pytest.raises(ConfigError, match="same thing"):
@@ -145,6 +172,6 @@ def test_every_generator_method_takes_the_shared_options():
     assert get_method("domain_rand", real_weight=0.2).mix.real_fraction == 0.2
     assert get_method("domain_rand").mix.synthetic_augmented
     for name in ("learned", "learned_randaug"):
-        get_method(name, real_fraction=0.3, augment_real=True, min_fidelity=0.5)  # accepted
+        get_method(name, real_fraction=0.3, augment_real=True, min_fidelity=0.5, synthetic_until=0.5)  # accepted
     with pytest.raises(ConfigError):
         get_method("spade", real_fraction=2.0)

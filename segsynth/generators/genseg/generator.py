@@ -244,9 +244,10 @@ class GenSegGenerator:
 
     # ------------------------------------------------------------------------------------------ sampling
 
-    def set_source_masks(self, masks: Sequence[Any], augment: bool = True) -> None:
-        """The masks ``sample`` draws from when it is given none (real training masks, usually)."""
-        self.source = AugmentedMasks(masks, self._num_classes(), self.mask_augment if augment else None)
+    def set_source_masks(self, masks: Sequence[Any], augment: bool = True, ids: Sequence[str] | None = None) -> None:
+        """The masks ``sample`` draws from when it is given none (real training masks, usually; ``ids`` name
+        them in each pair's provenance when they are arrays)."""
+        self.source = AugmentedMasks(masks, self._num_classes(), self.mask_augment if augment else None, ids=ids)
 
     def _num_classes(self) -> int:
         if self.num_classes is None:

@@ -29,12 +29,16 @@ class GenSegHook:
     After segmenter step t: a GAN update of W when ``t % gen_every == 0``; an architecture update of alpha
     with the unrolled hypergradient when ``t % arch_every == 0`` (with ``weight_feedback``, the same hypergradient
     also updates the generator weights W, with their own Adam). ``state_dict`` holds generator,
-    discriminator, optimisers and random state, so a resumed run continues exactly.
+    discriminator, optimisers and random state, so a resumed run continues exactly. With ``until`` (the
+    number of first steps whose batches hold generated pairs, ``synthetic_until``), nothing is updated from
+    that step on: the segmenter no longer sees the generator's pairs.
     """
 
     def __init__(self, gen: GenSegGenerator, real: CaseSource, masks: AugmentedMasks, val: CaseSource,
-                 opts: GenSegOptions, seed: int = 0, feedback: bool = True, gan_real: CaseSource | None = None):
+                 opts: GenSegOptions, seed: int = 0, feedback: bool = True, gan_real: CaseSource | None = None,
+                 until: int | None = None):
         self.gen = gen
+        self.until = None if until is None else int(until)
         self.real = real
         self.gan_real = gan_real if gan_real is not None else real
         self.masks = masks
@@ -71,6 +75,8 @@ class GenSegHook:
 
     def after_step(self, state: StepState) -> dict[str, float]:
         rec: dict[str, float] = {}
+        if self.until is not None and state.step >= self.until:  # later batches are real pairs only
+            return rec
         if self.opts.gen_every and state.step % self.opts.gen_every == 0:
             x, y = self.gan_real.draw(self.opts.gen_batch_size, self.rng)
             rec.update(self.gan.step(x, y, self.rng))

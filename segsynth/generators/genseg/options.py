@@ -63,6 +63,10 @@ class GenSegOptions:
             (off by default: that path scales with the GAN's SGD step, and Adam has none; see hypergradient.py).
         augment: mask augmentation options (``MaskAugment`` fields), e.g. {"flip_axes": []}.
         augment_real: classical augmentation of the real pairs in the segmenter's batches too.
+        extra_masks: a folder of label maps without images (same values as the dataset's masks, e.g. ISIC's
+            ``masks_only_train2000/``): beyond the paper, the generator renders images for them too, drawn
+            (and augmented) alongside the real masks, so the segmenter sees lesion shapes no labelled case
+            has. The GAN still learns from the labelled pairs only. Local files only; None = off.
         search: update alpha from the validation loss (False: alpha stays uniform, everything else as in
             GenSeg: the ``genseg_frozen`` ablation, which isolates what the architecture search contributes).
         weight_feedback: beyond the paper, which updates only alpha that way: the same hypergradient of the
@@ -103,6 +107,7 @@ class GenSegOptions:
     unroll_generator: bool = False
     augment: dict[str, Any] = field(default_factory=dict)
     augment_real: bool = False
+    extra_masks: str | None = None
     search: bool = True
     weight_feedback: bool = False
     weight_feedback_lr: float = 1e-4

@@ -39,7 +39,7 @@ _FIT_OPTIONS = {"reg_steps": 300, "app_steps": 300, "reg_batch": 4, "reg_lr": 1e
 _RANDAUG_OPTIONS = {"displacement": 0.04, "control_points": 5, "intensity_scale": [0.8, 1.2]}
 # segsynth.segment.synthetic_mix's options (None: the method's default)
 _MIX_OPTIONS = {"real_fraction": None, "augment_real": False, "augment_synthetic": None, "min_fidelity": None,
-                "aug_kind": "combined", "aug_flip": False, "fidelity_tries": 8}
+                "aug_kind": "combined", "aug_flip": False, "fidelity_tries": 8, "synthetic_until": None}
 
 
 class _TransformsMethod(Method):

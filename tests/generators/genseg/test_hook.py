@@ -57,3 +57,14 @@ def test_hook_moves_alpha_and_resumes_exactly(tmp_path):
     for a, b in zip(ref, gen3.net.arch_parameters()):
         assert torch.allclose(a, b, atol=1e-6)
     torch.load(tmp_path / "last.pt", weights_only=True)  # hook state loads without pickled code
+
+
+def test_hook_stops_updating_once_the_batches_are_real_only():
+    cfg = TrainConfig(steps=4, batch_size=2, val_every=2, progress=False)
+    gen, hook, source, cases = _hook_setup()
+    hook.until = 2  # synthetic_until: generated pairs in the first 2 steps' batches only
+    torch.manual_seed(0)
+    result = train_segmenter(build_segmenter("unet", 2, 1, 2, **UNET), source, cases[3:], cfg, num_classes=2,
+                             hooks=[hook])
+    updated = ["arch_val_loss" in h for h in result.history]
+    assert updated == [True, False, False, False]  # after step 1 only: the generator no longer reaches the batches

@@ -100,6 +100,38 @@ def test_genseg_aug_augments_the_real_pairs(tmp_path, augmentation_calls):
     assert not get_method("genseg_aug", augment_synthetic=False, **TINY_OPTS).mix.synthetic_augmented
 
 
+def test_synthetic_until_stops_the_generator_updates_with_the_generated_pairs(tmp_path):
+    result = get_method("genseg_aug", synthetic_until=0.5, **TINY_OPTS).run(_blob_context(tmp_path))
+    gan = [int("gan_d" in h) for h in result.history]  # 4 steps: generated pairs in the first 2 only
+    assert gan == [1, 0, 0, 0]  # the update after step 2 would reach only real batches
+
+
+def test_extra_masks_are_rendered_alongside_the_real_ones(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from segsynth.errors import DataError
+
+    folder = tmp_path / "masks_only"
+    folder.mkdir()
+    for i in range(5):  # label maps without images, at another size than the working one
+        m = np.zeros((48, 40), np.uint8)
+        m[5 + 3 * i: 30, 8: 20 + 2 * i] = 1
+        Image.fromarray(m).save(folder / f"extra{i}.png")
+    method = get_method("separate_aug", extra_masks=str(folder), **TINY_OPTS)
+    ctx = _blob_context(tmp_path)
+    method.run(ctx)
+    source = method._generator.source
+    assert len(source) == 3 + 5 and source.ids[3:] == [f"extra{i}" for i in range(5)]
+    assert all(tuple(m.shape) == (32, 32) for m in source.masks)
+    drawn = {method._generator.sample(1, generator=torch.Generator().manual_seed(s))[0].meta["source_mask"]
+             for s in range(12)}
+    assert any(d.startswith("extra") for d in drawn)  # the extra masks are drawn for rendering
+    Image.fromarray(np.full((32, 32), 9, np.uint8)).save(folder / "zz_bad.png")
+    with pytest.raises(DataError, match="zz_bad.png"):
+        get_method("separate_aug", extra_masks=str(folder), **TINY_OPTS).run(_blob_context(tmp_path / "b"))
+
+
 def test_separate_aug_is_separate_stacked_on_augmentation(tmp_path, augmentation_calls):
     """``separate_aug``: all GAN steps before the segmenter, no alpha updates, real and generated pairs augmented."""
     calls = augmentation_calls
