@@ -67,7 +67,9 @@ class ReadAhead(Generic[T]):
         return item
 
     def close(self) -> None:
-        """Stop making items and wait for the thread to end."""
+        """Stop making items and wait for the thread to end; the iteration ends there (items made ahead and
+        not handed out are dropped)."""
+        self._done = True
         self._stop.set()
         if self.thread is not None:
             self.thread.join()

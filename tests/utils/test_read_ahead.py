@@ -61,3 +61,12 @@ def test_closing_early_stops_the_thread():
     time.sleep(0.05)
     assert len(made) == n <= 4
     assert not any(t.name == "segsynth-read-ahead" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_a_closed_read_ahead_ends_its_iteration(depth):
+    it = ReadAhead(iter(range(100)), depth)
+    assert next(it) == 0
+    it.close()
+    with pytest.raises(StopIteration):  # neither blocks nor goes on making items on the caller's thread
+        next(it)
