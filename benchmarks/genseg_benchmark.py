@@ -202,7 +202,9 @@ def dice_plot(records: list[dict[str, Any]], cfg: SweepConfig, path: Path) -> No
     import matplotlib.pyplot as plt
 
     sets = sorted({r["test_set"] for r in records if r.get("status") == "ok"})
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.6), squeeze=False)
+    many = len(cfg.methods) > 4  # long variant names: wider panels, slanted labels
+    width = max(4.5, 0.8 * len(cfg.methods) + 1.5)
+    fig, axes = plt.subplots(1, len(sets), figsize=(width * len(sets), 4.4 if many else 3.6), squeeze=False)
     for ax, ts in zip(axes[0], sets):
         for i, m in enumerate(cfg.methods):
             vals = [r["dice_mean"] for r in records if r.get("status") == "ok" and r["method"] == m
@@ -210,7 +212,8 @@ def dice_plot(records: list[dict[str, Any]], cfg: SweepConfig, path: Path) -> No
             if vals:
                 ax.scatter([i] * len(vals), vals, s=18, alpha=0.8)
                 ax.errorbar([i + 0.15], [np.mean(vals)], yerr=[np.std(vals)], fmt="s", color="k", ms=4)
-        ax.set_xticks(range(len(cfg.methods)), cfg.methods)
+        ax.set_xticks(range(len(cfg.methods)), cfg.methods, rotation=30 if many else 0, ha="right" if many else "center",
+                      fontsize=8 if many else None)
         ax.set_title(ts)
         ax.set_ylabel("test Dice (mean over cases)")
         ax.grid(alpha=0.3)
