@@ -104,7 +104,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                         "on CPUs without those); losses stay fp32 (default fp32)")
     g.add_argument("--amp", action="store_true", help="older switch: bf16 autocast on CUDA only")
     g.add_argument("--method-opt", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="method option, e.g. augment.kind=rotate or genseg.n_synthetic=200 (repeatable)")
+                   help="method option, e.g. augment.kind=rotate or separate_aug.real_fraction=0.75 (repeatable); "
+                        "every generator method takes real_fraction, augment_real, min_fidelity and "
+                        "synthetic_until (a fraction of the steps with synthetic pairs, then real pairs only); "
+                        "`segsynth methods` lists the methods")
 
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
