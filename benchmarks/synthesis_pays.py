@@ -345,8 +345,10 @@ def sweep_stage(a: argparse.Namespace) -> Path:
                 comparisons += paired(records, v, full)
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
               "wall_seconds": time.perf_counter() - t0}
-    config["label_fidelity"] = {**record_fidelity(records),
-                                **merge_fidelity(RESULTS / f"{out.name}.json", sweep_fidelity(a))}
+    # this call's rows (measured by the sweep, or re-measured from saved GenSeg generators) over an earlier call's,
+    # seed by seed (before, an earlier call's rows of a variant replaced all of this call's, new seeds included)
+    config["label_fidelity"] = merge_fidelity(RESULTS / f"{out.name}.json",
+                                              {**record_fidelity(records), **sweep_fidelity(a)})
     for v, rows in config["label_fidelity"].items():
         print(f"{v}: label fidelity {np.mean([r['synthetic_mean'] for r in rows]):.3f} vs real validation "
               f"{np.mean([r['real_val_mean'] for r in rows]):.3f} (ratio {np.mean([r['ratio'] for r in rows]):.2f})")
