@@ -76,11 +76,13 @@ class MixOptions:
     def synthetic_augmented(self) -> bool:
         return self.augment_real if self.augment_synthetic is None else bool(self.augment_synthetic)
 
-    def synthetic_steps(self, steps: int) -> int:
-        """How many of a run's ``steps`` have synthetic pairs in their batches (the first ones; at least 1)."""
+    def switch_step(self, steps: int) -> int | None:
+        """The step from which a run of ``steps`` trains on the real pairs alone (the steps before it have
+        synthetic pairs; at least 1), or None when every step has them."""
         if self.synthetic_until is None:
-            return int(steps)
-        return min(int(steps), max(1, round(float(self.synthetic_until) * int(steps))))
+            return None
+        switch = max(1, round(float(self.synthetic_until) * int(steps)))
+        return switch if switch < int(steps) else None
 
 
 MIX_OPTION_NAMES: frozenset[str] = frozenset(f.name for f in dataclasses.fields(MixOptions))
@@ -273,9 +275,9 @@ def mixed_training_source(ctx: Any, synthetic: Sequence[Case] | PairSource, opts
     mixed: PairSource = syn if opts.real_fraction <= 0.0 else MixedSource(
         [(real, opts.real_fraction), (syn, 1.0 - opts.real_fraction)])
     steps = ctx.train_config.steps if ctx.train_config else None
-    if steps is None or opts.synthetic_steps(steps) >= steps:
+    switch = opts.switch_step(steps) if steps is not None else None
+    if switch is None:
         return mixed
-    switch = opts.synthetic_steps(steps)
     log.info("synthetic pairs in the first %d of %d steps, then the real pairs alone", switch, steps)
     return PhasedSource([(0, mixed), (switch, real)])
 

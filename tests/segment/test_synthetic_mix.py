@@ -94,7 +94,7 @@ def test_synthetic_until_trains_on_the_real_pairs_alone_after_the_switch():
     # the whole run (or no run length known) keeps one stream
     assert not isinstance(mixed_training_source(ctx, syn, MixOptions(real_fraction=0.0, synthetic_until=1.0)),
                           PhasedSource)
-    assert MixOptions(synthetic_until=0.01).synthetic_steps(10) == 1  # at least one step sees synthetic pairs
+    assert MixOptions(synthetic_until=0.01).switch_step(10) == 1  # at least one step sees synthetic pairs
     with pytest.raises(ValueError, match="step 0"):
         PhasedSource([(2, CaseSource(syn))])
 

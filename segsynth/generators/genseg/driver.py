@@ -112,15 +112,16 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         gen.history["fit_key"] = key
     if _rank() == 0:
         _save_fitted(gen, pre_dir, shared)
-    gen.set_source_masks(train)
+    masks, mask_ids = [c.mask for c in train], [c.case_id for c in train]
     if opts.extra_masks:  # label maps without images, rendered alongside the real masks
         from segsynth.data.dataset import load_masks, value_map_of
 
-        extra, ids = load_masks(opts.extra_masks, value_map_of(ctx.info), tuple(train[0].mask.shape),
-                                progress=cfg.progress)
-        gen.set_source_masks([c.mask for c in train] + extra, ids=[c.case_id for c in train] + ids)
+        extra, extra_ids = load_masks(opts.extra_masks, value_map_of(ctx.info), tuple(train[0].mask.shape),
+                                      progress=cfg.progress)
+        masks, mask_ids = masks + extra, mask_ids + extra_ids
         log.info("genseg: %d extra masks from %s rendered alongside the %d real ones", len(extra),
                  opts.extra_masks, len(train))
+    gen.set_source_masks(masks, ids=mask_ids)
     gen.ensure_seg_term(train, seed=ctx.seed, patch_size=patch)  # a reused pre-trained generator comes without one
     assert gen.source is not None
 
@@ -142,10 +143,9 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         val_cases = ctx.val if ctx.val else train
         if not ctx.val:
             log.warning("genseg: no validation cases; the architecture follows the training loss instead")
-        until = mix.synthetic_steps(cfg.steps) if mix is not None else None
         hooks.append(GenSegHook(gen, real, gen.source, CaseSource(val_cases, patch_size=patch, num_classes=k),
                                 opts, seed=ctx.seed, gan_real=gen.gan_source(train, patch),
-                                until=until if until is not None and until < cfg.steps else None))
+                                until=mix.switch_step(cfg.steps) if mix is not None else None))
     hooks += list(ctx.hooks)  # e.g. a semi-supervised loss on unlabelled images (genseg+fixmatch)
     model = ctx.build_segmenter()
     ckpt = ctx.workdir / "checkpoint" if ctx.workdir else None
