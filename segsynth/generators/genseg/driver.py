@@ -86,6 +86,16 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     train = [c for c in ctx.train if c.mask is not None]
     if not train:
         raise DataError("GenSeg needs labelled training cases")
+    masks, mask_ids = [c.mask for c in train], [c.case_id for c in train]
+    if opts.extra_masks:  # label maps without images, rendered alongside the real masks (read before the
+        # generator's fit, so that a bad file stops the run before minutes of GAN steps)
+        from segsynth.data.dataset import load_masks, value_map_of
+
+        extra, extra_ids = load_masks(opts.extra_masks, value_map_of(ctx.info), tuple(train[0].mask.shape),
+                                      progress=cfg.progress)
+        masks, mask_ids = masks + extra, mask_ids + extra_ids
+        log.info("genseg: %d extra masks from %s rendered alongside the %d real ones", len(extra),
+                 opts.extra_masks, len(train))
     in_loop_gan = (cfg.steps // opts.gen_every) if opts.gen_every else 0
     # "separate" gets as many GAN updates as GenSeg's generator, all before the segmenter starts
     pre_steps = opts.pretrain_steps + (0 if feedback else in_loop_gan)
@@ -112,15 +122,6 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         gen.history["fit_key"] = key
     if _rank() == 0:
         _save_fitted(gen, pre_dir, shared)
-    masks, mask_ids = [c.mask for c in train], [c.case_id for c in train]
-    if opts.extra_masks:  # label maps without images, rendered alongside the real masks
-        from segsynth.data.dataset import load_masks, value_map_of
-
-        extra, extra_ids = load_masks(opts.extra_masks, value_map_of(ctx.info), tuple(train[0].mask.shape),
-                                      progress=cfg.progress)
-        masks, mask_ids = masks + extra, mask_ids + extra_ids
-        log.info("genseg: %d extra masks from %s rendered alongside the %d real ones", len(extra),
-                 opts.extra_masks, len(train))
     gen.set_source_masks(masks, ids=mask_ids)
     gen.ensure_seg_term(train, seed=ctx.seed, patch_size=patch)  # a reused pre-trained generator comes without one
     assert gen.source is not None

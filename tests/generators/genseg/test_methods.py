@@ -130,6 +130,7 @@ def test_extra_masks_are_rendered_alongside_the_real_ones(tmp_path):
     Image.fromarray(np.full((32, 32), 9, np.uint8)).save(folder / "zz_bad.png")
     with pytest.raises(DataError, match="zz_bad.png"):
         get_method("separate_aug", extra_masks=str(folder), **TINY_OPTS).run(_blob_context(tmp_path / "b"))
+    assert not (tmp_path / "b" / "run").exists()  # read before the generator's fit: nothing trained or written
 
 
 def test_separate_aug_is_separate_stacked_on_augmentation(tmp_path, augmentation_calls):
