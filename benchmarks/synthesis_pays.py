@@ -63,6 +63,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # GenSeg end to end at lower cost (issue 12): a GAN step every 2nd segmenter step, alpha updated less often
     # once it settles (interval doubling up to 16)
     "genseg_aug_fast": ("genseg_aug", {"gen_every": 2, "arch_every_max": 16}),
+    # issue 12 in 3D: every GAN step kept (gen_every 1, as the full setting), each on a 32³ crop of the volume
+    # (gan_patch; the generator still renders whole volumes), alpha updated less often once it settles
+    "genseg_aug_gp": ("genseg_aug", {"arch_every_max": 16, "gan_patch": [32, 32, 32]}),
     "genseg": ("genseg", {}),  # the paper's GenSeg: generated pairs with the real ones, no classical augmentation
     "genseg_fast": ("genseg", {"gen_every": 2, "arch_every_max": 16}),
     # the same Pix2Pix trained before the segmenter (all its GAN steps first, no feedback), pairs stacked with
@@ -96,6 +99,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # Network sizes and fit steps of learned_transforms_benchmark.py's 3D part.
     "learned_aug": ("learned", {"augment_real": True, "real_fraction": 0.5, **_LEARNED_3D}),
     "learned_aug_rf75": ("learned", {"augment_real": True, "real_fraction": 0.75, **_LEARNED_3D}),
+    # the same, learned pairs in the first half of the steps, then the real pairs alone (as separate_aug_su50)
+    "learned_aug_su50": ("learned", {"augment_real": True, "real_fraction": 0.5, "synthetic_until": 0.5,
+                                     **_LEARNED_3D}),
+    # learned transforms use the unlabelled volumes; so does semi-supervised training. FixMatch on the split's
+    # unlabelled pool (augment's labelled stream), and learned_aug's stream with FixMatch on the same pool: do
+    # the learned pairs add to what the unlabelled volumes give by semi-supervision?
+    "fixmatch": ("fixmatch", {}),
+    "learned_aug_fm": ("fixmatch", {"labelled": "learned", "augment_real": True, "real_fraction": 0.5,
+                                    **_LEARNED_3D}),
     # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
     # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     "augment_bf16": ("augment", {"precision": "bf16"}),
@@ -268,21 +280,39 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
     return out
 
 
+#: caches a sweep keeps under ``<out>/runs/`` that other variants of the same task can reuse: the folder name,
+#: and the file that marks an entry complete (an entry is keyed by a hash of everything it depends on)
+SHARED_CACHES = (("_fidelity_reference", "model/model.json"), ("_learned_transforms", "transforms.json"))
+
+
 def share_references(variant_dir: Path) -> None:
-    """Copy the saved ``augment`` references of the sweep's other variants into ``variant_dir``: each variant is
-    its own sweep folder, and a sweep looks for the split's reference only in its own (the key is a hash of the
-    split, seed and training config, so only the same split's reference is ever used; without this each new
-    variant trained it again, about 150 s per seed in 3D)."""
+    """Copy the caches of the sweep's other variants into ``variant_dir``: the saved ``augment`` references of
+    label fidelity, and fitted learned transforms. Each variant is its own sweep folder, and a sweep looks for
+    them only in its own (the key is a hash of the split, seed and options, so only a matching entry is ever
+    used; without this each new variant trained the reference again, about 150 s per seed in 3D, and the 3D
+    registration, about 600 s). Files are hard-linked where the file system allows it (entries are never
+    rewritten), copied otherwise."""
+    import os
     import shutil
 
     from segsynth.utils.files import atomic_dir
 
-    mine = variant_dir / "runs" / "_fidelity_reference"
-    for model in sorted(variant_dir.parent.glob("*/runs/_fidelity_reference/*/model/model.json")):
-        key_dir = model.parent.parent
-        if key_dir.parent != mine and not (mine / key_dir.name / "model").exists():
-            with atomic_dir(mine / key_dir.name / "model") as tmp:  # a stopped copy leaves no half model
-                shutil.copytree(key_dir / "model", tmp, dirs_exist_ok=True)
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for cache, marker in SHARED_CACHES:
+        mine = variant_dir / "runs" / cache
+        depth = len(Path(marker).parts)
+        for done in sorted(variant_dir.parent.glob(f"*/runs/{cache}/*/{marker}")):
+            unit = done.parents[depth - 2] if depth > 1 else done.parent  # the folder the marker completes
+            key_dir = done.parents[depth - 1]
+            target = mine / key_dir.name / unit.relative_to(key_dir)
+            if key_dir.parent != mine and not target.exists():
+                with atomic_dir(target) as tmp:  # a stopped copy leaves no half entry
+                    shutil.copytree(unit, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
 
 
 def record_fidelity(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -339,10 +369,12 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
-        for suffix in ("_fast", "_bf16", "_xm", "_su50"):  # a setting against the variant without it
+        for suffix in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp"):  # a setting against the variant without it
             full = v.removesuffix(suffix)
             if full != v and full in a.variants:
                 comparisons += paired(records, v, full)
+        if v.endswith("_fm") and "fixmatch" in a.variants:  # a combination against its semi-supervised part
+            comparisons += paired(records, v, "fixmatch")
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
               "wall_seconds": time.perf_counter() - t0}
     # this call's rows (measured by the sweep, or re-measured from saved GenSeg generators) over an earlier call's,

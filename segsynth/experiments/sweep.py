@@ -29,7 +29,7 @@ from segsynth.generators.base import MethodContext
 from segsynth.segment.inference import predict
 from segsynth.segment.train import TrainConfig
 from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
-from segsynth.utils.files import append_jsonl, read_jsonl
+from segsynth.utils.files import append_jsonl, folders_under, prune_empty_dirs, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,6 @@ def drop_labelled_ids(unlabelled: Sequence[Case], labelled: Sequence[Case], root
 
 def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     """Run (or resume) a sweep; returns all records in results.jsonl and writes the report."""
-    from segsynth.data.splits import split_cases
-
     if not cfg.methods or not cfg.n_values or not cfg.seeds:
         raise ConfigError("a sweep needs at least one method, one N and one seed")
     for m in cfg.methods:
@@ -161,9 +159,22 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     if cfg.executor == "local":
         resolve_device(cfg.device)  # fail before loading data on a device this machine lacks (Ray: on workers)
     out = Path(cfg.out)
-    results_path = out / "results.jsonl"
     data, external, extra_unlabelled = load_for_sweep(cfg)
+    existed = folders_under(out)
     out.mkdir(parents=True, exist_ok=True)  # after the data loaded: bad data leaves no empty --out behind
+    try:
+        return _sweep_into(cfg, out, data, external, extra_unlabelled)
+    except BaseException:  # a run stopped the sweep (bad input, Ctrl-C): folders it made and left empty go too
+        prune_empty_dirs(out, keep=existed)
+        raise
+
+
+def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: LoadedDataset | None,
+                extra_unlabelled: list[Case]) -> list[dict[str, Any]]:
+    """``run_sweep`` once ``out`` exists: the runs not recorded yet, then the report."""
+    from segsynth.data.splits import split_cases
+
+    results_path = out / "results.jsonl"
     info = data.info
     done = {(r["method"], r["n_train"], r["seed"], r["test_set"]) for r in read_jsonl(results_path)
             if r.get("status") == "ok"}

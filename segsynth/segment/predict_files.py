@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from segsynth.data.case import Case
-from segsynth.data.dataset import read_pair
+from segsynth.data.case import Case, DatasetInfo
+from segsynth.data.dataset import read_pair, value_map_of
 from segsynth.data.io import write_mask
 from segsynth.data.layouts import Layout, PairRecord, find_layout
 from segsynth.data.preprocess import PreprocessSpec, apply_spec
@@ -83,20 +83,19 @@ def predict_folder(model_dir: str | Path, input_path: str | Path, out: str | Pat
     dev = resolve_device(device)
     model, config = load_segmenter(model_dir, dev)
     spec = PreprocessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["spec"].items()})
-    info = config["info"]
-    num_classes = len(info["labels"])
-    value_map = {int(raw): int(cid) for raw, cid in info.get("extra", {}).get("value_map", {}).items()}
-    id_to_raw = {cid: raw for raw, cid in value_map.items()} or {k: k for k in range(num_classes)}
+    info = DatasetInfo.from_json(config["info"])
+    num_classes = info.num_classes
+    id_to_raw = {cid: raw for raw, cid in value_map_of(info).items()}  # masks are written in the stored values
     input_path = Path(input_path)
     if not input_path.exists():
         raise DataError("input does not exist", input_path)
     if input_path.is_file():
         layout = Layout(kind="images_only", root=input_path.parent, name=input_path.parent.name,
                         pairs=[PairRecord(input_path.name.split(".")[0], (input_path,))], value_map={},
-                        labels={0: "background"}, modality=info["modality"])
+                        labels={0: "background"}, modality=info.modality)
     else:
         layout = find_layout(input_path, unlabelled_ok=True, scan_values=False)
-    records, modality = layout.pairs, info["modality"]
+    records, modality = layout.pairs, info.modality
     written = []
     with atomic_dir(out) as tmp:
         for rec in tqdm(records, desc="predict", disable=not progress, leave=False):

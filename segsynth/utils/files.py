@@ -47,6 +47,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def folders_under(root: str | Path) -> set[Path]:
+    """``root`` and every folder below it (symbolic links not followed); empty when ``root`` is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return set()
+    return {root} | {p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()}
+
+
+def prune_empty_dirs(root: str | Path, keep: set[Path] = frozenset()) -> None:  # type: ignore[assignment]
+    """Remove ``root`` and the folders under it that hold no file (deepest first), except those in ``keep``
+    (e.g. ``folders_under(root)`` taken before the work began); files are never touched."""
+    for folder in sorted(folders_under(root) - set(keep), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty (or gone): kept
+            folder.rmdir()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

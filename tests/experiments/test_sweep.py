@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from segsynth.data.preprocess import PreprocessSpec
+from segsynth.errors import DataError
 from segsynth.experiments.sweep import SweepConfig, first_n, run_sweep
 from segsynth.generators import METHODS
 from segsynth.generators.base import Method
@@ -82,6 +83,29 @@ def test_failed_method_is_recorded_not_fatal(tmp_path, monkeypatch):
     assert len(failed) == 1 and "generator exploded" in failed[0]["error"]
     assert "broken" in (tmp_path / "s" / "report.html").read_text()
     json.dumps(records)
+
+
+class _BadInput(Method):
+    name = "bad_input"
+
+    def run(self, ctx):
+        (ctx.workdir / "generator_pretrained").mkdir(parents=True)  # folders made before the input was read
+        raise DataError("/nowhere/masks: mask folder not found")
+
+
+def test_a_sweep_stopped_by_bad_input_leaves_no_empty_out_behind(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "bad_input", f"{__name__}:_BadInput")
+    data = write_png_dataset(tmp_path / "a", n=8)
+    out = tmp_path / "s"
+    with pytest.raises(DataError, match="mask folder not found"):
+        run_sweep(_cfg(data, out, methods=["bad_input"], n_values=[1], seeds=[0]))
+    assert not out.exists()
+    # an --out that held results before keeps them, and only the folders the stopped run left empty go
+    run_sweep(_cfg(data, out, methods=["none"], n_values=[1], seeds=[0]))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(DataError):
+        run_sweep(_cfg(data, out, methods=["none", "bad_input"], n_values=[1], seeds=[0]))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # the stopped run's empty folders went
 
 
 def test_first_n_keeps_volumes_whole():

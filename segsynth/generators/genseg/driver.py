@@ -8,7 +8,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from segsynth.errors import DataError
+from segsynth.errors import ConfigError, DataError
 from segsynth.generators.base import MethodContext
 from segsynth.generators.genseg.generator import GenSegGenerator
 from segsynth.generators.genseg.helpers import _rank
@@ -67,6 +67,25 @@ def _save_fitted(gen: GenSegGenerator, own: Any, shared: Any) -> None:
             log.warning("genseg: shared generator %s not written (%s); another run wrote it", shared, e)
 
 
+def _gan_patch(opts: GenSegOptions, patch: Any, spatial_dims: int) -> tuple[int, ...] | None:
+    """The crop size of the GAN's real pairs: ``gan_patch`` when set, else the segmenter's patch (or None)."""
+    if not opts.gan_patch:
+        return tuple(patch) if patch else None
+    if len(opts.gan_patch) != spatial_dims:
+        raise ConfigError(f"genseg gan_patch {list(opts.gan_patch)} does not have {spatial_dims} dimensions")
+    return tuple(int(v) for v in opts.gan_patch)
+
+
+def gan_updates_in_loop(steps: int, gen_every: int, switch: int | None = None) -> int:
+    """GAN updates GenSeg's hook makes in a run of ``steps`` segmenter steps: after each step ``t`` (1-based)
+    with ``t % gen_every == 0``, and, with a switch to real pairs at step ``switch``, only for ``t < switch``
+    (an update after that would reach no generated batch)."""
+    if not gen_every:
+        return 0
+    last = steps if switch is None else min(steps, switch - 1)
+    return last // gen_every
+
+
 def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True, mix: Any = None
                  ) -> tuple[TrainResult, GenSegGenerator]:
     """Train a GenSeg (``feedback=True``) or "separate" generator and the segmenter; returns both.
@@ -83,6 +102,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     device = resolve_device(ctx.device)
     init_distributed_from_env(device)  # under torchrun: ranks agree on the GAN updates from the start
     patch = cfg.patch_size
+    gan_patch = _gan_patch(opts, patch, ctx.info.spatial_dims)  # what the GAN learns from: crops or the patch
     train = [c for c in ctx.train if c.mask is not None]
     if not train:
         raise DataError("GenSeg needs labelled training cases")
@@ -96,7 +116,10 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         masks, mask_ids = masks + extra, mask_ids + extra_ids
         log.info("genseg: %d extra masks from %s rendered alongside the %d real ones", len(extra),
                  opts.extra_masks, len(train))
-    in_loop_gan = (cfg.steps // opts.gen_every) if opts.gen_every else 0
+    # the step from which batches are real pairs only (synthetic_until), or None; GenSeg's hook updates nothing
+    # from there on
+    switch = mix.switch_step(cfg.steps) if mix is not None else None
+    in_loop_gan = gan_updates_in_loop(cfg.steps, opts.gen_every, switch)
     # "separate" gets as many GAN updates as GenSeg's generator, all before the segmenter starts
     pre_steps = opts.pretrain_steps + (0 if feedback else in_loop_gan)
     gen = GenSegGenerator(**opts.generator_kwargs(), fit_steps=pre_steps)
@@ -114,11 +137,13 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         gen = reused
         gen.info = ctx.info
     gen._require().set_fused(opts.fused_cells)
+    if opts.gan_patch:
+        gen.check_crop(gan_patch)
     gen.precision = precision
     if reused is None:
         log.info("genseg: %d GAN steps of the generator (%s) before the segmenter", pre_steps,
                  "pre-training" if feedback else "separate training")
-        gen.fit(train, device=device, seed=ctx.seed, steps=pre_steps, patch_size=patch, progress=cfg.progress)
+        gen.fit(train, device=device, seed=ctx.seed, steps=pre_steps, patch_size=gan_patch, progress=cfg.progress)
         gen.history["fit_key"] = key
     if _rank() == 0:
         _save_fitted(gen, pre_dir, shared)
@@ -145,8 +170,8 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
         if not ctx.val:
             log.warning("genseg: no validation cases; the architecture follows the training loss instead")
         hooks.append(GenSegHook(gen, real, gen.source, CaseSource(val_cases, patch_size=patch, num_classes=k),
-                                opts, seed=ctx.seed, gan_real=gen.gan_source(train, patch),
-                                until=mix.switch_step(cfg.steps) if mix is not None else None))
+                                opts, seed=ctx.seed, gan_real=gen.gan_source(train, gan_patch),
+                                until=switch))
     hooks += list(ctx.hooks)  # e.g. a semi-supervised loss on unlabelled images (genseg+fixmatch)
     model = ctx.build_segmenter()
     ckpt = ctx.workdir / "checkpoint" if ctx.workdir else None
@@ -163,7 +188,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
             gen.derive()
             if opts.derive_steps:
                 stats = gen.fit(train, device=device, seed=derive_seed(ctx.seed, "derive"), steps=opts.derive_steps,
-                                patch_size=patch)
+                                patch_size=gan_patch)
                 gen.history["derive_fit"] = stats
         if ctx.workdir is not None and _rank() == 0:
             gen.save(ctx.workdir / "generator")

@@ -124,6 +124,16 @@ class GenSegGenerator:
         self.info = info
         return self.to(device)
 
+    def check_crop(self, size: Sequence[int]) -> None:
+        """Refuse GAN crops (``gan_patch``) too small for the built networks: the generator's bottleneck must
+        keep 2 voxels per axis (an instance norm of one voxel fails) and the PatchGAN its layers."""
+        net, disc = self._require(), self.disc
+        need = max(2 * net.size_divisor, 2 ** (disc.num_layers + 2))
+        if len(size) != net.spatial_dims or any(int(v) < need for v in size):
+            raise ConfigError(f"genseg gan_patch {list(size)} is too small: each of the {net.spatial_dims} axes "
+                              f"needs at least {need} voxels (generator: {net.size_divisor} per bottleneck voxel, "
+                              f"sized for images of {self.spatial_shape}; discriminator: {disc.num_layers} layers)")
+
     def build_for(self, cases: Sequence[Case], num_classes: int | None = None, *, seed: int = 0,
                   device: torch.device | str = "cpu", info: DatasetInfo | None = None) -> GenSegGenerator:
         """Build for these real pairs: sizes, classes and the intensity range come from them."""

@@ -1,5 +1,7 @@
 """GenSeg sweep methods end to end on tiny data, and their options."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from segsynth.generators.genseg import (
     GenSegOptions,
     train_genseg,
 )
+from segsynth.generators.genseg.driver import gan_updates_in_loop
 from segsynth.segment.train import TrainConfig
 from tests.generators.genseg.helpers import TINY_OPTS, UNET, _blob_context, _cases
 
@@ -76,6 +79,30 @@ def test_3d_end_to_end(tmp_path):
     assert gen.net.spatial_dims == 3 and any(float(a.detach().abs().sum()) > 0 for a in gen.net.arch_parameters())
 
 
+def test_gan_patch_trains_the_gan_on_crops_and_renders_whole_volumes(tmp_path, monkeypatch):
+    from segsynth.generators.genseg.gan import GanTrainer
+
+    shapes = []
+    step = GanTrainer.step
+    monkeypatch.setattr(GanTrainer, "step", lambda self, x, y, g: shapes.append(tuple(x.shape[2:])) or step(self, x, y, g))
+    cases = _cases((24, 24, 24), n=4)
+    info = DatasetInfo("blobs3d", {0: "background", 1: "blob"}, "mri", 3, 1)
+    ctx = MethodContext(info=info, train=cases[:2], val=cases[2:], segmenter="dynunet",
+                        segmenter_kwargs={"levels": 3, "filters": (4, 8, 8)},
+                        train_config=TrainConfig(steps=2, batch_size=2, val_every=2, progress=False), seed=0,
+                        workdir=tmp_path / "run")
+    opts = {**TINY_OPTS, "derive_steps": 0}
+    _, gen = train_genseg(ctx, GenSegOptions(**opts, gan_patch=[16, 16, 16]))
+    assert len(shapes) == TINY_OPTS["pretrain_steps"] + 2 and set(shapes) == {(16, 16, 16)}  # pre-training, loop
+    assert gen.sample(1, generator=torch.Generator().manual_seed(0))[0].image.shape[-3:] == (24, 24, 24)
+    for bad, says in (([16, 16], "3 dimensions"), ([8, 16, 16], "needs at least 16 voxels")):
+        with pytest.raises(ConfigError, match=says):  # refused before any GAN step or saved file
+            train_genseg(dataclasses.replace(ctx, workdir=tmp_path / "bad"), GenSegOptions(**opts, gan_patch=bad))
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="gan_patch"):
+        GenSegOptions(gan_patch=[8, 0, 8])
+
+
 def test_options_are_checked_early():
     with pytest.raises(ConfigError, match="unknown genseg options"):
         get_method("genseg", n_synthetic=10)
@@ -104,6 +131,16 @@ def test_synthetic_until_stops_the_generator_updates_with_the_generated_pairs(tm
     result = get_method("genseg_aug", synthetic_until=0.5, **TINY_OPTS).run(_blob_context(tmp_path))
     gan = [int("gan_d" in h) for h in result.history]  # 4 steps: generated pairs in the first 2 only
     assert gan == [1, 0, 0, 0]  # the update after step 2 would reach only real batches
+    assert gan_updates_in_loop(4, 1, switch=2) == sum(gan) and gan_updates_in_loop(4, 1) == 4
+    assert gan_updates_in_loop(400, 2, switch=201) == 100 and gan_updates_in_loop(400, 0) == 0
+
+
+def test_separate_with_synthetic_until_gets_the_gan_updates_genseg_would_make(tmp_path):
+    """separate trains its generator for as many GAN steps as GenSeg's would make: with synthetic_until, only those
+    before the switch (after it GenSeg's hook stops), not one per segmenter step of the whole run."""
+    get_method("separate_aug", synthetic_until=0.5, **TINY_OPTS).run(_blob_context(tmp_path))
+    pre = GenSegGenerator.load(tmp_path / "run" / "generator_pretrained")
+    assert pre.history["fit"][0]["steps"] == TINY_OPTS["pretrain_steps"] + 1  # 4 steps, switch at 2: 1 update
 
 
 def test_extra_masks_are_rendered_alongside_the_real_ones(tmp_path):
