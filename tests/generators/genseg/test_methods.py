@@ -67,13 +67,18 @@ def test_frozen_ablation_trains_like_genseg_but_never_moves_alpha(tmp_path):
     assert not GenSegGenerator.load(tmp_path / "run" / "generator").net.searchable  # derived, as in genseg
 
 
-def test_3d_end_to_end(tmp_path):
-    cases = _cases((16, 16, 16), n=4)
+def _context_3d(tmp_path, size):
+    """2 training and 2 validation blob volumes of size³, a small DynUNet, 2 segmenter steps."""
+    cases = _cases((size,) * 3, n=4)
     info = DatasetInfo("blobs3d", {0: "background", 1: "blob"}, "mri", 3, 1)
-    ctx = MethodContext(info=info, train=cases[:2], val=cases[2:], segmenter="dynunet",
-                        segmenter_kwargs={"levels": 3, "filters": (4, 8, 8)},
-                        train_config=TrainConfig(steps=2, batch_size=2, val_every=2, progress=False), seed=0,
-                        workdir=tmp_path / "run")
+    return MethodContext(info=info, train=cases[:2], val=cases[2:], segmenter="dynunet",
+                         segmenter_kwargs={"levels": 3, "filters": (4, 8, 8)},
+                         train_config=TrainConfig(steps=2, batch_size=2, val_every=2, progress=False), seed=0,
+                         workdir=tmp_path / "run")
+
+
+def test_3d_end_to_end(tmp_path):
+    ctx = _context_3d(tmp_path, 16)
     result, gen = train_genseg(ctx, GenSegOptions(**TINY_OPTS, arch_every=1, save_generator=False))
     assert result.model(torch.zeros(1, 1, 16, 16, 16)).shape[:2] == (1, 2)
     assert gen.net.spatial_dims == 3 and any(float(a.detach().abs().sum()) > 0 for a in gen.net.arch_parameters())
@@ -85,12 +90,7 @@ def test_gan_patch_trains_the_gan_on_crops_and_renders_whole_volumes(tmp_path, m
     shapes = []
     step = GanTrainer.step
     monkeypatch.setattr(GanTrainer, "step", lambda self, x, y, g: shapes.append(tuple(x.shape[2:])) or step(self, x, y, g))
-    cases = _cases((24, 24, 24), n=4)
-    info = DatasetInfo("blobs3d", {0: "background", 1: "blob"}, "mri", 3, 1)
-    ctx = MethodContext(info=info, train=cases[:2], val=cases[2:], segmenter="dynunet",
-                        segmenter_kwargs={"levels": 3, "filters": (4, 8, 8)},
-                        train_config=TrainConfig(steps=2, batch_size=2, val_every=2, progress=False), seed=0,
-                        workdir=tmp_path / "run")
+    ctx = _context_3d(tmp_path, 24)
     opts = {**TINY_OPTS, "derive_steps": 0}
     _, gen = train_genseg(ctx, GenSegOptions(**opts, gan_patch=[16, 16, 16]))
     assert len(shapes) == TINY_OPTS["pretrain_steps"] + 2 and set(shapes) == {(16, 16, 16)}  # pre-training, loop
