@@ -305,14 +305,13 @@ def share_references(variant_dir: Path) -> None:
 
     for cache, marker in SHARED_CACHES:
         mine = variant_dir / "runs" / cache
-        depth = len(Path(marker).parts)
         for done in sorted(variant_dir.parent.glob(f"*/runs/{cache}/*/{marker}")):
-            unit = done.parents[depth - 2] if depth > 1 else done.parent  # the folder the marker completes
-            key_dir = done.parents[depth - 1]
-            target = mine / key_dir.name / unit.relative_to(key_dir)
-            if key_dir.parent != mine and not target.exists():
+            theirs = done.parents[len(Path(marker).parts)]  # the other variant's <runs>/<cache>
+            entry = done.parent  # the folder the marker completes: <key> or <key>/model
+            target = mine / entry.relative_to(theirs)
+            if theirs != mine and not target.exists():
                 with atomic_dir(target) as tmp:  # a stopped copy leaves no half entry
-                    shutil.copytree(unit, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
+                    shutil.copytree(entry, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
 
 
 def record_fidelity(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def folders_under(root: str | Path) -> set[Path]:
     return {root} | {p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()}
 
 
-def prune_empty_dirs(root: str | Path, keep: set[Path] = frozenset()) -> None:  # type: ignore[assignment]
+def prune_empty_dirs(root: str | Path, keep: Iterable[Path] = ()) -> None:
     """Remove ``root`` and the folders under it that hold no file (deepest first), except those in ``keep``
     (e.g. ``folders_under(root)`` taken before the work began); files are never touched."""
     for folder in sorted(folders_under(root) - set(keep), key=lambda p: len(p.parts), reverse=True):

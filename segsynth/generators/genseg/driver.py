@@ -8,7 +8,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from segsynth.errors import ConfigError, DataError
+from segsynth.errors import DataError
 from segsynth.generators.base import MethodContext
 from segsynth.generators.genseg.generator import GenSegGenerator
 from segsynth.generators.genseg.helpers import _rank
@@ -67,15 +67,6 @@ def _save_fitted(gen: GenSegGenerator, own: Any, shared: Any) -> None:
             log.warning("genseg: shared generator %s not written (%s); another run wrote it", shared, e)
 
 
-def _gan_patch(opts: GenSegOptions, patch: Any, spatial_dims: int) -> tuple[int, ...] | None:
-    """The crop size of the GAN's real pairs: ``gan_patch`` when set, else the segmenter's patch (or None)."""
-    if not opts.gan_patch:
-        return tuple(patch) if patch else None
-    if len(opts.gan_patch) != spatial_dims:
-        raise ConfigError(f"genseg gan_patch {list(opts.gan_patch)} does not have {spatial_dims} dimensions")
-    return tuple(int(v) for v in opts.gan_patch)
-
-
 def gan_updates_in_loop(steps: int, gen_every: int, switch: int | None = None) -> int:
     """GAN updates GenSeg's hook makes in a run of ``steps`` segmenter steps: after each step ``t`` (1-based)
     with ``t % gen_every == 0``, and, with a switch to real pairs at step ``switch``, only for ``t < switch``
@@ -102,7 +93,9 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     device = resolve_device(ctx.device)
     init_distributed_from_env(device)  # under torchrun: ranks agree on the GAN updates from the start
     patch = cfg.patch_size
-    gan_patch = _gan_patch(opts, patch, ctx.info.spatial_dims)  # what the GAN learns from: crops or the patch
+    # what the GAN learns from: crops of gan_patch (checked against the networks once they are built), or the
+    # segmenter's patch
+    gan_patch = tuple(int(v) for v in opts.gan_patch) if opts.gan_patch else (tuple(patch) if patch else None)
     train = [c for c in ctx.train if c.mask is not None]
     if not train:
         raise DataError("GenSeg needs labelled training cases")

@@ -128,8 +128,10 @@ class GenSegGenerator:
         """Refuse GAN crops (``gan_patch``) too small for the built networks: the generator's bottleneck must
         keep 2 voxels per axis (an instance norm of one voxel fails) and the PatchGAN its layers."""
         net, disc = self._require(), self.disc
+        if len(size) != net.spatial_dims:
+            raise ConfigError(f"genseg gan_patch {list(size)} does not have {net.spatial_dims} dimensions")
         need = max(2 * net.size_divisor, 2 ** (disc.num_layers + 2))
-        if len(size) != net.spatial_dims or any(int(v) < need for v in size):
+        if any(int(v) < need for v in size):
             raise ConfigError(f"genseg gan_patch {list(size)} is too small: each of the {net.spatial_dims} axes "
                               f"needs at least {need} voxels (generator: {net.size_divisor} per bottleneck voxel, "
                               f"sized for images of {self.spatial_shape}; discriminator: {disc.num_layers} layers)")
