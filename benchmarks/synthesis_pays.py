@@ -102,6 +102,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the same, learned pairs in the first half of the steps, then the real pairs alone (as separate_aug_su50)
     "learned_aug_su50": ("learned", {"augment_real": True, "real_fraction": 0.5, "synthetic_until": 0.5,
                                      **_LEARNED_3D}),
+    # beyond the paper: both labelled volumes as atlases, each registered to the same unlabelled volumes (one more
+    # fit per split; the first atlas's is the cached one of learned_aug); learned pairs of each in equal shares
+    "learned_aug_ma": ("learned", {"augment_real": True, "real_fraction": 0.5, "atlases": "all", **_LEARNED_3D}),
     # learned transforms use the unlabelled volumes; so does semi-supervised training. FixMatch on the split's
     # unlabelled pool (augment's labelled stream), and learned_aug's stream with FixMatch on the same pool: do
     # the learned pairs add to what the unlabelled volumes give by semi-supervision?

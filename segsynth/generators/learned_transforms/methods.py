@@ -52,8 +52,11 @@ class _TransformsMethod(Method):
     ``label_warp`` ("onehot"/"nearest"), ``transforms`` (a folder from ``segsynth transforms-fit`` to use
     instead of fitting), ``cache`` (share one fit between the methods of a sweep; default True). Rand-aug:
     ``displacement``, ``control_points``, ``intensity_scale``. ``learned*``: ``real_weight`` ("auto": 0 with
-    one labelled case, else 0.5 of each batch from the real pairs); ``learned_randaug``: ``mix``
-    ("alternate"/"compose") and ``randaug_weight``. The atlas is the first labelled case of the run.
+    one labelled case, else 0.5 of each batch from the real pairs) and ``atlases`` (beyond the paper: how many
+    labelled cases serve as atlases, an int or "all"; default 1); ``learned_randaug``: ``mix``
+    ("alternate"/"compose") and ``randaug_weight``. The atlas is the first labelled case of the run; with
+    ``atlases=k`` the first k, each with its own fitted transforms (and cache entry), their pairs drawn in equal
+    shares.
     """
 
     allowed: ClassVar[dict[str, Any]] = {}
@@ -71,11 +74,29 @@ class _TransformsMethod(Method):
         return RandAug(displacement=float(self.opt("displacement")), control_points=int(self.opt("control_points")),
                        intensity_scale=tuple(self.opt("intensity_scale")), label_warp=str(self.opt("label_warp")))
 
-    def _atlas_and_unlabelled(self, ctx: MethodContext) -> tuple[Case, list[Case]]:
+    def n_atlases(self, ctx: MethodContext) -> int:
+        """How many labelled cases serve as atlases (option ``atlases`` where the method has it; else 1)."""
+        n = self.opt("atlases") if "atlases" in self.allowed else 1
+        if n == "all":
+            return max(1, len(ctx.train))
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"method {self.name!r}: atlases must be a positive integer or 'all', got {n!r}")
+        if n > len(ctx.train):
+            raise DataError(f"method {self.name!r}: atlases={n} needs {n} labelled cases; this run has "
+                            f"{len(ctx.train)}")
+        if n > 1 and self.opt("transforms"):
+            raise ConfigError(f"method {self.name!r}: transforms=PATH holds one atlas's fit; it cannot serve "
+                              f"atlases={n}")
+        return n
+
+    def _atlas_and_unlabelled(self, ctx: MethodContext, index: int = 0) -> tuple[Case, list[Case]]:
+        """Labelled case ``index`` as the atlas, and the images it is registered to: the run's unlabelled images
+        (up to ``max_unlabelled``), or else the other labelled cases' images."""
         if not ctx.train:
             raise DataError("this method needs one labelled atlas (N >= 1)")
-        atlas = ctx.train[0]
-        pool = list(ctx.unlabelled) or [Case(c.case_id, c.image, None, dict(c.meta)) for c in ctx.train[1:]]
+        atlas = ctx.train[index]
+        pool = list(ctx.unlabelled) or [Case(c.case_id, c.image, None, dict(c.meta))
+                                        for i, c in enumerate(ctx.train) if i != index]
         if not pool:
             raise DataError(f"method {self.name!r} learns from unlabelled images, and this run has none: give "
                             "--unlabelled DIR, or leave unused labelled cases in the pool")
@@ -93,11 +114,11 @@ class _TransformsMethod(Method):
                                   smooth_weight=float(self.opt("smooth_weight")),
                                   appearance_smooth_weight=float(self.opt("app_smooth_weight")), progress=progress)
 
-    def transforms(self, ctx: MethodContext, need_appearance: bool) -> LearnedTransforms:
-        """Fitted transforms for this run's atlas: loaded from ``transforms=PATH``, or from the sweep's cache
-        (same atlas, unlabelled images and options: shared by sas, sas_aug, learned, learned_randaug),
-        or fitted now (and cached)."""
-        atlas, pool = self._atlas_and_unlabelled(ctx)
+    def transforms(self, ctx: MethodContext, need_appearance: bool, index: int = 0) -> LearnedTransforms:
+        """Fitted transforms for this run's atlas (labelled case ``index``): loaded from ``transforms=PATH``, or
+        from the sweep's cache (same atlas, unlabelled images and options: shared by sas, sas_aug, learned,
+        learned_randaug), or fitted now (and cached)."""
+        atlas, pool = self._atlas_and_unlabelled(ctx, index)
         progress = bool(ctx.train_config.progress) if ctx.train_config else False
         path = self.opt("transforms")
         if path:
@@ -131,8 +152,17 @@ class _TransformsMethod(Method):
             with atomic_dir(cache) as tmp:
                 t.save(tmp)
         if ctx.workdir is not None:
-            write_json(Path(ctx.workdir) / "transforms_fit.json", stats)
+            write_json(Path(ctx.workdir) / ("transforms_fit.json" if index == 0 else
+                                            f"transforms_fit_atlas{index}.json"), stats)
         return t
+
+    def learned_sources(self, ctx: MethodContext, rand_aug: RandAug | None = None) -> Any:
+        """Learned-transform pairs of each atlas (``n_atlases``), in equal shares of every batch."""
+        from segsynth.segment.sources import MixedSource
+
+        sources = [LearnedSource(self.transforms(ctx, need_appearance=True, index=k), rand_aug=rand_aug,
+                                 patch_size=self.patch(ctx)) for k in range(self.n_atlases(ctx))]
+        return sources[0] if len(sources) == 1 else MixedSource([(s, 1.0) for s in sources])
 
     def _cache_dir(self, ctx: MethodContext, atlas: Case, pool: Sequence[Case]) -> Path | None:
         """Per sweep: ``<sweep out>/_learned_transforms/<atlas>_<hash of images, options, seed>``."""
@@ -239,10 +269,10 @@ class LearnedMethod(_TransformsMethod):
 
     name: ClassVar[str] = "learned"
     description: ClassVar[str] = "learned spatial + appearance transforms of the atlas, drawn independently"
-    allowed: ClassVar[dict[str, Any]] = {**_FIT_OPTIONS, **_MIX_OPTIONS, "real_weight": "auto"}
+    allowed: ClassVar[dict[str, Any]] = {**_FIT_OPTIONS, **_MIX_OPTIONS, "real_weight": "auto", "atlases": 1}
 
     def synthetic_source(self, ctx: MethodContext) -> Any:
-        return LearnedSource(self.transforms(ctx, need_appearance=True), patch_size=self.patch(ctx))
+        return self.learned_sources(ctx)
 
     def training_source(self, ctx: MethodContext) -> Any:
         return self._with_real(ctx, self.synthetic_source(ctx))
@@ -254,20 +284,20 @@ class LearnedRandAugMethod(_TransformsMethod):
     name: ClassVar[str] = "learned_randaug"
     description: ClassVar[str] = "learned transforms + rand-aug (half of the samples each, or composed)"
     allowed: ClassVar[dict[str, Any]] = {**_FIT_OPTIONS, **_RANDAUG_OPTIONS, **_MIX_OPTIONS, "real_weight": "auto",
-                                         "mix": "alternate", "randaug_weight": 0.5}
+                                         "mix": "alternate", "randaug_weight": 0.5, "atlases": 1}
 
     def synthetic_source(self, ctx: MethodContext) -> Any:
         from segsynth.segment.sources import MixedSource
 
-        t = self.transforms(ctx, need_appearance=True)
         mix = self.opt("mix")
         if mix == "compose":
-            return LearnedSource(t, rand_aug=self.rand_aug(), patch_size=self.patch(ctx))
+            return self.learned_sources(ctx, rand_aug=self.rand_aug())
         if mix != "alternate":
             raise ConfigError(f"learned_randaug mix must be 'alternate' or 'compose', got {mix!r}")
         w = float(self.opt("randaug_weight"))
-        learned = LearnedSource(t, patch_size=self.patch(ctx))
-        ra = RandAugSource(ctx.train[:1], self.rand_aug(), ctx.info.num_classes, patch_size=self.patch(ctx))
+        learned = self.learned_sources(ctx)
+        ra = RandAugSource(ctx.train[:self.n_atlases(ctx)], self.rand_aug(), ctx.info.num_classes,
+                           patch_size=self.patch(ctx))
         return MixedSource([(learned, 1.0 - w), (ra, w)])
 
     def training_source(self, ctx: MethodContext) -> Any:

@@ -74,3 +74,40 @@ def test_learned_pairs_stack_on_augmentation(tmp_path):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (4, 1, 32, 32)
     one_shot = get_method("learned", **FAST_OPTS).training_source(_ctx(tmp_path, cases))
     assert isinstance(one_shot, LearnedSource)
+
+
+def test_several_atlases_each_fitted_once_and_drawn_in_equal_shares(tmp_path):
+    """atlases=2: each labelled case is an atlas with its own fit (and cache entry, the first one being the
+    single-atlas entry), registered to the same unlabelled pool; pairs of both atlases reach a batch, each with
+    its own atlas's labels; bad counts are refused before any fit."""
+    from segsynth.generators.learned_transforms.sources import LearnedSource
+    from segsynth.segment.sources import MixedSource
+
+    cases = _cases(n=6)
+    ctx = _ctx(tmp_path, cases)
+    ctx.train = cases[:2]
+    get_method("learned", **FAST_OPTS).synthetic_source(ctx)  # the single-atlas fit, cached
+    cache = tmp_path / "runs" / "_learned_transforms"
+    (first,) = list(cache.iterdir())
+    stamp = (first / "transforms.safetensors").stat().st_mtime_ns
+    src = get_method("learned", atlases="all", **FAST_OPTS).synthetic_source(ctx)
+    assert isinstance(src, MixedSource) and torch.allclose(src.weights, torch.tensor([0.5, 0.5]))
+    assert all(isinstance(s, LearnedSource) for s in src.sources)
+    assert [s.t.atlas_id for s in src.sources] == ["c0", "c1"]
+    assert src.sources[0].t.bank.ids == src.sources[1].t.bank.ids  # one pool for both atlases
+    assert sorted(p.name.split("_")[0] for p in cache.iterdir()) == ["c0", "c1"]
+    assert (first / "transforms.safetensors").stat().st_mtime_ns == stamp  # the first atlas's fit reused
+    assert (tmp_path / "runs" / "x" / "transforms_fit_atlas1.json").exists()
+    # each source warps its own atlas's image and labels
+    for s, atlas in zip(src.sources, cases[:2]):
+        assert torch.equal(s.t.atlas_mask.cpu(), torch.as_tensor(atlas.mask, dtype=torch.long))
+        assert torch.allclose(s.t.atlas_image.cpu(), torch.as_tensor(atlas.image, dtype=torch.float32))
+    a, b = src.draw(8, torch_generator(1)), src.draw(8, torch_generator(1))
+    assert torch.equal(a[0], b[0]) and a[0].shape == (8, 1, 32, 32)
+    res = get_method("learned_randaug", atlases=2, **FAST_OPTS).training_source(ctx)
+    assert res.draw(2, torch_generator(0))[0].shape == (2, 1, 32, 32)
+    for bad, err in ((3, DataError), (0, ConfigError), ("two", ConfigError)):
+        with pytest.raises(err, match="atlases"):
+            get_method("learned", atlases=bad, **FAST_OPTS).synthetic_source(ctx)
+    with pytest.raises(ConfigError, match="one atlas"):
+        get_method("learned", atlases=2, transforms=str(first), **FAST_OPTS).synthetic_source(ctx)
