@@ -111,6 +111,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fixmatch": ("fixmatch", {}),
     "learned_aug_fm": ("fixmatch", {"labelled": "learned", "augment_real": True, "real_fraction": 0.5,
                                     **_LEARNED_3D}),
+    "learned_aug_ma_fm": ("fixmatch", {"labelled": "learned", "augment_real": True, "real_fraction": 0.5,
+                                       "atlases": "all", **_LEARNED_3D}),
     # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
     # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     "augment_bf16": ("augment", {"precision": "bf16"}),
@@ -371,7 +373,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
-        for suffix in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp"):  # a setting against the variant without it
+        for suffix in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma"):  # a setting against the variant without it
             full = v.removesuffix(suffix)
             if full != v and full in a.variants:
                 comparisons += paired(records, v, full)
