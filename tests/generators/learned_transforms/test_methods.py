@@ -78,8 +78,8 @@ def test_learned_pairs_stack_on_augmentation(tmp_path):
 
 def test_several_atlases_each_fitted_once_and_drawn_in_equal_shares(tmp_path):
     """atlases=2: each labelled case is an atlas with its own fit (and cache entry, the first one being the
-    single-atlas entry), registered to the same unlabelled pool; pairs of both atlases reach a batch, each with
-    its own atlas's labels; bad counts are refused before any fit."""
+    single-atlas entry), registered to the same unlabelled pool; each source warps its own atlas's image and
+    labels, in equal shares of a batch; bad counts and transforms=PATH with two atlases are refused."""
     from segsynth.generators.learned_transforms.sources import LearnedSource
     from segsynth.segment.sources import MixedSource
 
