@@ -440,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep)
 
     s = _command(sub, "methods", help="list the methods a sweep can compare (`segsynth sweep --methods ...`), "
-                                      "each with a one-line description")
+                                      "each with a one-line description; with NAMEs, each method's options "
+                                      "(`--method-opt NAME.KEY=VALUE`) with their defaults and what they mean")
+    s.add_argument("names", nargs="*", metavar="NAME", help="methods to describe in full (default: list them all)")
     s.set_defaults(func=cmd_methods)
 
     from segsynth.commands import COMMAND_MODULES
@@ -450,12 +452,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(method: Any) -> str:
+    return method.description or (type(method).__doc__ or "").strip().splitlines()[0]
+
+
 def cmd_methods(a: argparse.Namespace) -> int:
+    import json
+
     from segsynth.generators import METHODS, get_method
 
-    for name in METHODS:
-        m = get_method(name)
-        print(f"{name:18s} {m.description or (type(m).__doc__ or '').strip().splitlines()[0]}")
+    if not a.names:
+        for name in METHODS:
+            print(f"{name:18s} {_one_line(get_method(name))}")
+        print("\n`segsynth methods NAME` shows a method's options and their defaults.")
+        return 0
+    methods = [get_method(name) for name in a.names]  # an unknown name fails before anything is printed
+    for i, (name, m) in enumerate(zip(a.names, methods, strict=True)):
+        print(("\n" if i else "") + f"{name}: {_one_line(m)}")
+        values = m.option_values()
+        if values:
+            print(f"\noptions (--method-opt {name}.KEY=VALUE; auto: chosen at run time by the method or the run):")
+            width = max(len(k) for k in values)
+            for key in sorted(values):
+                v = values[key]
+                shown = ("required" if key in m.required_options else "auto") if v is None \
+                    else json.dumps(list(v) if isinstance(v, tuple) else v)
+                print(f"  {key:{width}s}  {shown}")
+        else:
+            print("\noptions: none")
+        for doc in dict.fromkeys(d.strip() for d in m.option_docs() if d and d.strip()):  # each text once
+            print("\n" + doc)
     return 0
 
 
@@ -482,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     except SegsynthError as e:
         print(f"segsynth {a.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # whoever read stdout has gone (`segsynth methods genseg | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
+        return 141  # 128 + SIGPIPE, what a shell tool killed by the closed pipe would return
     except OSError as e:  # a file or folder the system refused (permissions, disk full, ...): one line too
         where = f"{e.filename}: " if e.filename else ""
         print(f"segsynth {a.command}: error: {where}{e.strerror or e}", file=sys.stderr)

@@ -30,6 +30,19 @@ def test_console_script_runs():
     assert proc.returncode == 0 and "augment" in proc.stdout
 
 
+def test_methods_name_prints_its_options_with_defaults_and_their_docs(capsys):
+    assert main(["methods", "genseg_aug", "transfer"]) == 0
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["gen_every", "1"] in lines and ["augment_real", "true"] in lines and ["num_downs", "auto"] in lines
+    assert ["init", "required"] in lines
+    assert "gen_every: one GAN update of the generator" in out  # GenSegOptions' docstring explains them
+    assert out.index("genseg_aug:") < out.index("transfer:")
+    assert main(["methods", "augment", "magic"]) == 2
+    captured = capsys.readouterr()
+    assert "magic" in captured.err and captured.out == ""  # an unknown name fails before anything is printed
+
+
 def test_missing_folder_exits_2_naming_it(tmp_path, capsys):
     missing = tmp_path / "nope"
     assert main(["sweep", "--data", str(missing), "--out", str(tmp_path / "o"), *TINY]) == 2

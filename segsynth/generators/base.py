@@ -9,10 +9,14 @@
   couple generation with segmentation (GenSeg) override ``run``.
 
 A new method is one file in ``segsynth/generators/`` plus one line in ``segsynth.generators.METHODS``.
+Every method refuses options it does not take (``refuse_unknown_options``) and lists the ones it takes with
+their defaults (``option_values``), which ``segsynth methods NAME`` prints.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from segsynth.data.case import Case, DatasetInfo
+from segsynth.errors import ConfigError
 
 if TYPE_CHECKING:
     from segsynth.segment.sources import PairSource
@@ -91,9 +96,20 @@ class Method:
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
+    required_options: ClassVar[tuple[str, ...]] = ()  # options without a default: a run needs them given
 
     def __init__(self, **options: Any):
         self.options = options
+
+    def option_values(self) -> dict[str, Any]:
+        """Every option the method takes (``--method-opt NAME.KEY=VALUE``) with the value this instance uses:
+        the given one, else its default (None: chosen at run time, by the method or by the run). For
+        ``get_method(name)`` with no options these are the defaults that ``segsynth methods NAME`` prints."""
+        return {}
+
+    def option_docs(self) -> list[str]:
+        """Docstrings that explain the options: the class's, then those of the objects that hold them."""
+        return [inspect.getdoc(type(self)) or ""]
 
     def training_source(self, ctx: MethodContext) -> PairSource:
         from segsynth.segment.sources import CaseSource
@@ -119,3 +135,11 @@ class Method:
         ckpt = ctx.workdir / "checkpoint" if ctx.workdir else None
         return train_segmenter(model, source, ctx.val, ctx.train_config, num_classes=ctx.info.num_classes,
                                device=ctx.device, checkpoint_dir=ckpt, hooks=list(ctx.hooks))
+
+
+def refuse_unknown_options(method: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
+    """A ConfigError naming ``method`` and the options it does not take, when ``options`` has any."""
+    known = sorted(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown options for method {method!r}: {unknown}; known: {known or 'none'}")

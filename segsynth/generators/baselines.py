@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from segsynth.data.transforms import classical_augmentation
-from segsynth.generators.base import Method, MethodContext
+from segsynth.data.transforms import AUGMENTATIONS, classical_augmentation
+from segsynth.errors import ConfigError
+from segsynth.generators.base import Method, MethodContext, refuse_unknown_options
 from segsynth.segment.sources import CaseSource, PairSource
 
 
@@ -14,6 +15,10 @@ class NoAugmentation(Method):
 
     name: ClassVar[str] = "none"
     description: ClassVar[str] = "real pairs only, no augmentation"
+
+    def __init__(self, **options: Any):
+        refuse_unknown_options(self.name, options, ())
+        super().__init__(**options)
 
 
 class ClassicalAugmentation(Method):
@@ -25,18 +30,30 @@ class ClassicalAugmentation(Method):
 
     name: ClassVar[str] = "augment"
     description: ClassVar[str] = "real pairs + classical augmentation (rotate, scale, translate, elastic, intensity)"
+    defaults: ClassVar[dict[str, Any]] = {"kind": "combined", "flip": False}
+
+    def __init__(self, **options: Any):
+        refuse_unknown_options(self.name, options, self.defaults)
+        if "kind" in options and options["kind"] not in AUGMENTATIONS:
+            raise ConfigError(f"method {self.name!r}: unknown kind {options['kind']!r}; choose one of "
+                              f"{', '.join(AUGMENTATIONS)}")
+        super().__init__(**options)
+
+    def option_values(self) -> dict[str, Any]:
+        return {**self.defaults, **self.options}
 
     def training_source(self, ctx: MethodContext) -> PairSource:
-        aug = classical_augmentation(self.options.get("kind", "combined"), ctx.info.spatial_dims,
-                                     flip=bool(self.options.get("flip", False)))
+        opts = self.option_values()
+        aug = classical_augmentation(opts["kind"], ctx.info.spatial_dims, flip=bool(opts["flip"]))
         patch = ctx.train_config.patch_size if ctx.train_config else None
         return CaseSource(ctx.train, transform=aug, patch_size=patch, num_classes=ctx.info.num_classes)
 
 
 class _OneAugmentation(ClassicalAugmentation):
-    """Classical augmentation of one kind only (GenSeg's per-transform baselines)."""
+    """Classical augmentation of one kind only (GenSeg's per-transform baselines); no options."""
 
     kind: ClassVar[str] = "combined"
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def training_source(self, ctx: MethodContext) -> PairSource:
         aug = classical_augmentation(self.kind, ctx.info.spatial_dims)

@@ -21,6 +21,7 @@ Uses: the ``domain_rand`` sweep method (DR images mixed with the real pairs, or 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -316,6 +317,21 @@ class DomainRandMethod(Method):
         self.mix, self.randomizer_options = parse_mix_options(
             options, defaults=MixOptions(real_fraction=0.5, augment_real=True), aliases={"real_weight": "real_fraction"})
         DomainRandomizer.from_options(dict(self.randomizer_options))  # fail early on unknown options
+
+    def option_values(self) -> dict[str, Any]:
+        """Mixing options, then the ``DomainRandomizer`` fields (``normalise`` and ``channels`` None: the
+        dataset's own)."""
+        from segsynth.segment.synthetic_mix import MIX_OPTION_NAMES
+
+        randomizer = {f.name: getattr(DomainRandomizer(), f.name) for f in fields(DomainRandomizer)}
+        randomizer.update(normalise=None, channels=None)
+        mix = {k: getattr(self.mix, k) for k in MIX_OPTION_NAMES}
+        return {**mix, **randomizer, **self.randomizer_options}
+
+    def option_docs(self) -> list[str]:
+        from segsynth.segment.synthetic_mix import MixOptions
+
+        return [*super().option_docs(), inspect.getdoc(MixOptions) or "", inspect.getdoc(DomainRandomizer) or ""]
 
     def randomizer(self, ctx: MethodContext) -> DomainRandomizer:
         rest = dict(self.randomizer_options)

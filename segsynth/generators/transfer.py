@@ -31,7 +31,7 @@ import torch
 
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.errors import ConfigError, DataError
-from segsynth.generators.base import Method, MethodContext
+from segsynth.generators.base import Method, MethodContext, refuse_unknown_options
 from segsynth.utils.files import write_json
 from segsynth.utils.seed import derive_seed, seeded_scope, torch_generator
 
@@ -307,21 +307,23 @@ class TransferMethod(Method):
 
     name: ClassVar[str] = "transfer"
     description: ClassVar[str] = "fine-tune a segmenter pretrained on other data (init=PATH, local files only)"
-    allowed: ClassVar[tuple[str, ...]] = ("init", "part", "augment", "lr")
+    defaults: ClassVar[dict[str, Any]] = {"init": None, "part": "all", "augment": True, "lr": None}
+    required_options: ClassVar[tuple[str, ...]] = ("init",)
 
     def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(self.allowed))
-        if unknown:
-            raise ConfigError(f"unknown options for method 'transfer': {unknown}; known: {list(self.allowed)}")
+        refuse_unknown_options(self.name, options, self.defaults)
         if options.get("part", "all") not in ("all", "encoder"):
             raise ConfigError(f"transfer.part must be 'all' or 'encoder', got {options.get('part')!r}")
         super().__init__(**options)
+
+    def option_values(self) -> dict[str, Any]:
+        return {**self.defaults, **self.options}
 
     def training_source(self, ctx: MethodContext) -> Any:
         from segsynth.data.transforms import classical_augmentation
         from segsynth.segment.sources import CaseSource
 
-        aug = classical_augmentation("combined", ctx.info.spatial_dims) if self.options.get("augment", True) \
+        aug = classical_augmentation("combined", ctx.info.spatial_dims) if self.option_values()["augment"] \
             else None
         patch = ctx.train_config.patch_size if ctx.train_config else None
         return CaseSource(ctx.train, transform=aug, patch_size=patch, num_classes=ctx.info.num_classes)
@@ -331,16 +333,16 @@ class TransferMethod(Method):
 
         from segsynth.segment.train import TrainConfig, train_segmenter
 
-        init = self.options.get("init")
+        init = self.option_values()["init"]
         if not init:
             raise ConfigError("method 'transfer' needs init=PATH (a model folder written by `segsynth pretrain`), "
                               "e.g. --method-opt transfer.init=pretrained/model")
         model = ctx.build_segmenter()
-        report = load_pretrained(model, init, part=str(self.options.get("part", "all")))
+        report = load_pretrained(model, init, part=str(self.option_values()["part"]))
         log.info("transfer: loaded %d pretrained tensors from %s (re-initialised: %s)", report["loaded"],
                  report["init"], report["reinitialised_head"] or "none")
         cfg = ctx.train_config or TrainConfig()
-        if self.options.get("lr") is not None:
+        if self.option_values()["lr"] is not None:
             cfg = replace(cfg, lr=float(self.options["lr"]))
         if ctx.workdir is not None:
             write_json(Path(ctx.workdir) / "transfer_init.json", report)

@@ -17,11 +17,7 @@ of generated ``Case`` objects, or a ``PairSource`` that renders pairs on the fly
 All randomness comes from the ``torch.Generator`` the training loop passes to ``draw`` (and checkpoints), so
 a run is deterministic per seed and resumes exactly; the sources keep no state between draws.
 
-Options (one shared parser, ``parse_mix_options``; each method passes its own defaults):
-``real_fraction`` (0..1), ``augment_real``, ``augment_synthetic`` (None = as ``augment_real``),
-``min_fidelity`` (None or 0..1), ``aug_kind`` (the ``augment`` kind, default "combined"), ``aug_flip``,
-``fidelity_tries`` (redraws per sample of an on-the-fly stream before the best-scoring draw is kept),
-``synthetic_until`` (None = the whole run, or a fraction in (0, 1] of its steps).
+Options: ``MixOptions`` (one shared parser, ``parse_mix_options``; each method passes its own defaults).
 """
 
 from __future__ import annotations
@@ -44,7 +40,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MixOptions:
-    """How a generator method mixes its synthetic pairs with the real ones (see the module docstring)."""
+    """How a generator method mixes its synthetic pairs with the real ones (the module docstring says how).
+
+    Mixing options, shared by every generator method (each passes its own defaults):
+    ``real_fraction`` (0..1, the real share of each batch), ``augment_real`` (classical augmentation of the
+    real pairs), ``augment_synthetic`` (None = as ``augment_real``), ``min_fidelity`` (None, or 0..1: drop
+    synthetic pairs less faithful than this), ``aug_kind`` (the ``augment`` kind, default "combined"),
+    ``aug_flip``, ``fidelity_tries`` (redraws per sample of an on-the-fly stream before the best-scoring draw
+    is kept), ``synthetic_until`` (None = the whole run, or a fraction in (0, 1] of its steps: real pairs
+    only after it).
+    """
 
     real_fraction: float = 0.5
     augment_real: bool = False

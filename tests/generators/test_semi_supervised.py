@@ -198,6 +198,9 @@ def test_options_and_errors():
     hook = m.build_hook(_ctx(2))
     assert hook.threshold == 0.9 and hook.batch_size == 3 and hook.flip and hook.weight == 1.0
     assert get_method("mean_teacher").build_hook(_ctx(2)).weight == 10.0
+    # flip is the unlabelled views' option too; a labelled stream without one (GenSeg) does not get it
+    m = get_method("genseg+fixmatch", flip=True)
+    assert "flip" not in m.inner.options and m.build_hook(_ctx(2)).flip
 
 
 class _IgnoresHooks(Method):

@@ -11,12 +11,13 @@ import numpy as np
 
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
-from segsynth.generators.base import Method, MethodContext
+from segsynth.generators.base import Method, MethodContext, refuse_unknown_options
 from segsynth.generators.brainspade.images import ImageGenerator
 from segsynth.generators.brainspade.labels import LabelGenerator
 from segsynth.generators.brainspade.pipeline import (
     BrainSpadeGenerator,
 )
+from segsynth.segment.synthetic_mix import MIX_OPTION_NAMES, MixOptions, parse_mix_options
 from segsynth.utils.files import write_json
 from segsynth.utils.seed import derive_seed, torch_generator
 
@@ -33,17 +34,18 @@ _METHOD_OPTIONS = {
     "sampler": None,           # brainspade: "ddim" / "ddpm" (default: the generator's)
     "sampling_steps": None,    # brainspade: DDIM steps at sampling
 }
+#: generator options the run fills in (from the dataset and the run's flags) unless the method options set them
+RUN_SET = frozenset({"spatial_dims", "num_classes", "progress", "precision"})
 
 
 class _SyntheticPairsMethod(Method):
     """Shared run(): fit (or reload) a generator, sample pairs, train one segmenter on them (+ real)."""
 
     generator_cls: ClassVar[type] = ImageGenerator
+    option_classes: ClassVar[tuple[type, ...]] = (ImageGenerator,)  # whose constructor options the method takes
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        from segsynth.segment.synthetic_mix import MixOptions, parse_mix_options
-
         self.method_options = {k: options.get(k, v) for k, v in _METHOD_OPTIONS.items()}
         gen_opts = {k: v for k, v in options.items() if k not in _METHOD_OPTIONS}
         if self.method_options["mode"] not in ("synthetic", "mixed"):
@@ -57,15 +59,30 @@ class _SyntheticPairsMethod(Method):
         self.mix, gen_opts = parse_mix_options(gen_opts, defaults=MixOptions(
             real_fraction=real, augment_real=bool(self.method_options["augment_real"])))
         self._synthetic: list[Case] | None = None
-        names = self._generator_option_names()
-        unknown = sorted(set(gen_opts) - names)
-        if unknown:
-            raise ConfigError(f"unknown options for method {self.name!r}: {unknown}; known: "
-                              f"{sorted(set(_METHOD_OPTIONS) | names)}")
+        refuse_unknown_options(self.name, gen_opts, set(_METHOD_OPTIONS) | MIX_OPTION_NAMES
+                               | set(self._generator_defaults()))
         self.generator_options = gen_opts
 
-    def _generator_option_names(self) -> set[str]:
-        return set(inspect.signature(ImageGenerator.__init__).parameters) - {"self"}
+    def _generator_defaults(self) -> dict[str, Any]:
+        """The options of the generator classes (their constructors' parameters, in the order of
+        ``option_classes``) with their defaults; the run sets those in ``RUN_SET`` unless an option does."""
+        out: dict[str, Any] = {}
+        for cls in self.option_classes:
+            for name, p in inspect.signature(cls.__init__).parameters.items():
+                if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                    out.setdefault(name, None if name in RUN_SET or p.default is p.empty else p.default)
+        return out
+
+    def option_values(self) -> dict[str, Any]:
+        mix = {k: getattr(self.mix, k) for k in MIX_OPTION_NAMES}
+        return {**self.method_options, **mix, **self._generator_defaults(), **self.generator_options}
+
+    def option_docs(self) -> list[str]:
+        from segsynth.segment.synthetic_mix import MixOptions
+
+        inits = [f"{cls.__name__}: {inspect.getdoc(cls.__init__) or inspect.getdoc(cls) or ''}"
+                 for cls in self.option_classes]
+        return [*super().option_docs(), inspect.getdoc(MixOptions) or "", *inits]
 
     def _make_generator(self, ctx: MethodContext) -> Any:
         opts = {"spatial_dims": ctx.info.spatial_dims, "num_classes": ctx.info.num_classes,
@@ -138,10 +155,7 @@ class BrainSpadeMethod(_SyntheticPairsMethod):
     name: ClassVar[str] = "brainspade"
     description: ClassVar[str] = "brainSPADE: latent-diffusion label maps + SPADE images (fully synthetic pairs)"
     generator_cls: ClassVar[type] = BrainSpadeGenerator
-
-    def _generator_option_names(self) -> set[str]:
-        return ((set(inspect.signature(LabelGenerator.__init__).parameters)
-                 | set(inspect.signature(ImageGenerator.__init__).parameters)) - {"self"})
+    option_classes: ClassVar[tuple[type, ...]] = (LabelGenerator, ImageGenerator)
 
     def synthetic_cases(self, gen: BrainSpadeGenerator, ctx: MethodContext) -> list[Case]:
         g = torch_generator(derive_seed(ctx.seed, "brainspade-sample"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Any, ClassVar
 
 from segsynth.generators.base import Method, MethodContext
@@ -33,6 +35,17 @@ class GenSegMethod(Method):
                                         defaults=MixOptions(real_fraction=1.0 - self.opts.synthetic_fraction,
                                                             augment_real=self.opts.augment_real))
         self._generator: Any = None
+
+    def option_values(self) -> dict[str, Any]:
+        from segsynth.segment.synthetic_mix import MIX_OPTION_NAMES
+
+        mix = {k: getattr(self.mix, k) for k in MIX_OPTION_NAMES}  # real_fraction = 1 - synthetic_fraction
+        return {**dataclasses.asdict(self.opts), **mix}
+
+    def option_docs(self) -> list[str]:
+        from segsynth.segment.synthetic_mix import MixOptions
+
+        return [*super().option_docs(), inspect.getdoc(GenSegOptions) or "", inspect.getdoc(MixOptions) or ""]
 
     def run(self, ctx: MethodContext) -> TrainResult:
         result, self._generator = train_genseg(ctx, self.opts, feedback=self.feedback, mix=self.mix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ import torch
 
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError, DataError
-from segsynth.generators.base import Method, MethodContext
+from segsynth.generators.base import Method, MethodContext, refuse_unknown_options
 from segsynth.generators.learned_transforms.helpers import (
     conform,
 )
@@ -62,10 +63,17 @@ class _TransformsMethod(Method):
     allowed: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(self.allowed))
-        if unknown:
-            raise ConfigError(f"unknown options for method {self.name!r}: {unknown}; known: {sorted(self.allowed)}")
+        refuse_unknown_options(self.name, options, self.allowed)
         super().__init__(**options)
+
+    def option_values(self) -> dict[str, Any]:
+        return {key: self.opt(key) for key in self.allowed}
+
+    def option_docs(self) -> list[str]:
+        from segsynth.segment.synthetic_mix import MixOptions
+
+        mix = [inspect.getdoc(MixOptions) or ""] if "real_fraction" in self.allowed else []
+        return [*super().option_docs(), inspect.getdoc(_TransformsMethod) or "", *mix]
 
     def opt(self, key: str) -> Any:
         return self.options.get(key, self.allowed[key])

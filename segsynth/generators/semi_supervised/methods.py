@@ -27,7 +27,9 @@ from segsynth.generators.base import Method, MethodContext
 from segsynth.generators.semi_supervised.consistency import SemiSupervisedHook
 
 COMMON_OPTIONS = ("weight", "unlabelled_batch", "flip", "labelled")
-HOOK_OPTIONS = {"mean_teacher": ("ema_decay", "rampup"), "fixmatch": ("threshold", "cutmix_prob")}
+#: each semi-supervised loss's own options and their defaults
+HOOK_OPTIONS: dict[str, dict[str, float]] = {"mean_teacher": {"ema_decay": 0.99, "rampup": 0.25},
+                                             "fixmatch": {"threshold": 0.95, "cutmix_prob": 0.5}}
 SHARED_WITH_LABELLED = ("flip",)
 # the softmax MSE of mean teacher is ~100x smaller per pixel than a cross-entropy (Tarvainen & Valpola weight
 # it up to 100 for classification); FixMatch's pseudo-label cross-entropy is on the supervised loss's scale
@@ -52,29 +54,44 @@ class SemiSupervisedMethod(Method):
             if bad:
                 raise ConfigError(f"{self.name}: option {bad[0]!r} belongs to {other}, not {self.ssl}")
         self.inner_name = inner
-        self.inner_options = {k: v for k, v in options.items() if k not in own or k in SHARED_WITH_LABELLED}
         from segsynth.generators import get_method
 
+        inner_takes = get_method(inner).option_values()  # `flip` reaches it only where it has one (augment)
+        self.inner_options = {k: v for k, v in options.items()
+                              if k not in own or (k in SHARED_WITH_LABELLED and k in inner_takes)}
         self.inner = get_method(inner, **self.inner_options)
+
+    def option_values(self) -> dict[str, Any]:
+        """The labelled-stream method's options, then this method's own (``unlabelled_batch`` None: the
+        labelled batch size)."""
+        own = {"weight": DEFAULT_WEIGHT[self.ssl], "unlabelled_batch": None, "flip": False,
+               "labelled": self.labelled, **HOOK_OPTIONS[self.ssl]}
+        given = {k: v for k, v in self.options.items() if k in own}
+        return {**self.inner.option_values(), **own, **given}
+
+    def option_docs(self) -> list[str]:
+        import inspect
+        import sys
+
+        return [inspect.getdoc(sys.modules[__name__]) or "", *self.inner.option_docs()]
 
     def build_hook(self, ctx: MethodContext) -> SemiSupervisedHook:
         from segsynth.segment.train import TrainConfig
 
         cfg = ctx.train_config or TrainConfig()
-        o = self.options
+        o = self.option_values()
         common = {"spatial_dims": ctx.info.spatial_dims, "seed": ctx.seed, "patch_size": cfg.patch_size,
-                  "batch_size": int(o.get("unlabelled_batch") or cfg.batch_size),
-                  "weight": float(o.get("weight", DEFAULT_WEIGHT[self.ssl])), "flip": bool(o.get("flip", False))}
+                  "batch_size": int(o["unlabelled_batch"] or cfg.batch_size),
+                  "weight": float(o["weight"]), "flip": bool(o["flip"])}
         if self.ssl == "mean_teacher":
             from segsynth.generators.semi_supervised.mean_teacher import MeanTeacherHook
 
-            rampup = float(o.get("rampup", 0.25))
-            return MeanTeacherHook(ctx.unlabelled, ema_decay=float(o.get("ema_decay", 0.99)),
-                                   rampup_steps=int(round(rampup * cfg.steps)), **common)
+            return MeanTeacherHook(ctx.unlabelled, ema_decay=float(o["ema_decay"]),
+                                   rampup_steps=int(round(float(o["rampup"]) * cfg.steps)), **common)
         from segsynth.generators.semi_supervised.fixmatch import FixMatchHook
 
-        return FixMatchHook(ctx.unlabelled, threshold=float(o.get("threshold", 0.95)),
-                            cutmix_prob=float(o.get("cutmix_prob", 0.5)), **common)
+        return FixMatchHook(ctx.unlabelled, threshold=float(o["threshold"]), cutmix_prob=float(o["cutmix_prob"]),
+                            **common)
 
     def training_source(self, ctx: MethodContext) -> Any:
         return self.inner.training_source(ctx)
