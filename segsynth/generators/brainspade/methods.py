@@ -78,8 +78,6 @@ class _SyntheticPairsMethod(Method):
         return {**self.method_options, **mix, **self._generator_defaults(), **self.generator_options}
 
     def option_docs(self) -> list[str]:
-        from segsynth.segment.synthetic_mix import MixOptions
-
         inits = [f"{cls.__name__}: {inspect.getdoc(cls.__init__) or inspect.getdoc(cls) or ''}"
                  for cls in self.option_classes]
         return [*super().option_docs(), inspect.getdoc(MixOptions) or "", *inits]

@@ -20,6 +20,7 @@ Every other option goes to the labelled-stream method.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, ClassVar
 
 from segsynth.errors import ConfigError
@@ -70,10 +71,7 @@ class SemiSupervisedMethod(Method):
         return {**self.inner.option_values(), **own, **given}
 
     def option_docs(self) -> list[str]:
-        import inspect
-        import sys
-
-        return [inspect.getdoc(sys.modules[__name__]) or "", *self.inner.option_docs()]
+        return [inspect.cleandoc(__doc__ or ""), *self.inner.option_docs()]  # this module's docstring
 
     def build_hook(self, ctx: MethodContext) -> SemiSupervisedHook:
         from segsynth.segment.train import TrainConfig
