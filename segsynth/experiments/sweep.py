@@ -342,11 +342,16 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
 
 
 def _fidelity(cfg: SweepConfig, method, ctx: MethodContext, result, out: Path, montage: str | None) -> dict | None:
-    """The ``label_fidelity`` field of a generator run (None otherwise); a failure is recorded, never fatal."""
-    from segsynth.evaluate.fidelity import makes_synthetic_pairs, sweep_fidelity
+    """The ``label_fidelity`` field of a generator run (None otherwise); a failure is recorded, never fatal.
 
-    if not any(makes_synthetic_pairs(get_method(m, **cfg.method_options.get(m, {}))) for m in cfg.methods):
-        return None  # no generator in this sweep: no reference to keep
+    An ``augment`` run is kept as its cell's reference even in a sweep without generators (a saved model, about
+    2 MB at 64²), so that the same sweep extended by a generator method later, or another sweep that shares
+    the cache, does not train it again."""
+    from segsynth.evaluate.fidelity import REFERENCE_METHOD, makes_synthetic_pairs, sweep_fidelity
+
+    if method.name != REFERENCE_METHOD and not any(
+            makes_synthetic_pairs(get_method(m, **cfg.method_options.get(m, {}))) for m in cfg.methods):
+        return None  # no generator in this sweep: nothing to score
     try:
         return sweep_fidelity(method, ctx, result, out=out, augment_options=cfg.method_options.get("augment", {}),
                               n_pairs=cfg.fidelity_pairs, montage_name=montage)

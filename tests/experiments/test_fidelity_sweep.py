@@ -52,6 +52,12 @@ def test_sweep_fidelity_field_reference_reuse_and_report(tmp_path, monkeypatch, 
     assert st["threshold"] == 0.0 and st["samples"] >= 4 and st["reached_fraction"] == 1.0
     assert st["draws_per_sample"] == 1.0
     assert "source_statistics" not in by["augment"]
+    # a sweep without generators keeps its augment runs as references: extended by one, it trains none
+    out3 = tmp_path / "sweep3"
+    run_sweep(_cfg(data, out3, methods=["augment"], n_values=[1], seeds=[0], fidelity_pairs=4))
+    assert list((out3 / "runs" / "_fidelity_reference").glob("*/model/model.json"))
+    run_sweep(_cfg(data, out3, methods=["augment", "domain_rand"], n_values=[1], seeds=[0], fidelity_pairs=4))
+    assert len(trained) == 1
 
 
 def test_cli_fidelity_flags():
