@@ -107,7 +107,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="method option, e.g. augment.kind=rotate or separate_aug.real_fraction=0.75 (repeatable); "
                         "every generator method takes real_fraction, augment_real, min_fidelity and "
                         "synthetic_until (a fraction of the steps with synthetic pairs, then real pairs only); "
-                        "`segsynth methods` lists the methods")
+                        "`segsynth methods` lists the methods, `segsynth methods NAME` a method's options and "
+                        "their defaults; an option the method does not take is an error")
 
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
