@@ -41,6 +41,12 @@ def test_method_specific_defaults_are_the_ones_listed():
     assert get_method("none").option_values() == {} and get_method("augment_flip").option_values() == {}
 
 
+def test_brainspade_says_which_options_reach_both_generators():
+    docs = get_method("brainspade").option_docs()
+    assert any(d.startswith("Options of both generators") and "pv_sigma" in d for d in docs)
+    assert not any(d.startswith("Options of both generators") for d in get_method("spade").option_docs())
+
+
 def test_a_bad_augmentation_kind_is_refused_when_the_method_is_made():
     with pytest.raises(ConfigError, match="kind 'rotat'"):
         get_method("augment", kind="rotat")

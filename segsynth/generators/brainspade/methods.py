@@ -80,7 +80,10 @@ class _SyntheticPairsMethod(Method):
     def option_docs(self) -> list[str]:
         inits = [f"{cls.__name__}: {inspect.getdoc(cls.__init__) or inspect.getdoc(cls) or ''}"
                  for cls in self.option_classes]
-        return [*super().option_docs(), inspect.getdoc(MixOptions) or "", *inits]
+        params = [set(inspect.signature(cls.__init__).parameters) - {"self"} - RUN_SET for cls in self.option_classes]
+        shared = sorted(set.intersection(*params)) if len(params) > 1 else []
+        both = [f"Options of both generators, given once, go to both: {', '.join(shared)}."] if shared else []
+        return [*super().option_docs(), inspect.getdoc(MixOptions) or "", *inits, *both]
 
     def _make_generator(self, ctx: MethodContext) -> Any:
         opts = {"spatial_dims": ctx.info.spatial_dims, "num_classes": ctx.info.num_classes,
