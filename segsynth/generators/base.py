@@ -9,8 +9,9 @@
   couple generation with segmentation (GenSeg) override ``run``.
 
 A new method is one file in ``segsynth/generators/`` plus one line in ``segsynth.generators.METHODS``.
-Every method refuses options it does not take (``refuse_unknown_options``) and lists the ones it takes with
-their defaults (``option_values``), which ``segsynth methods NAME`` prints.
+Every method refuses options it does not take and lists the ones it takes with their defaults
+(``option_values``), which ``segsynth methods NAME`` prints: most declare one dict, ``Method.defaults``; those
+whose options live in several places check them with ``refuse_unknown_options``.
 """
 
 from __future__ import annotations
@@ -97,15 +98,21 @@ class Method:
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     required_options: ClassVar[tuple[str, ...]] = ()  # options without a default: a run needs them given
+    #: the options the method takes and their defaults, for methods that declare them as one dict: the
+    #: constructor refuses any other and ``option_values`` reads them. None: the method checks and lists its
+    #: options itself (GenSeg, brainSPADE, ...: they override ``__init__`` and ``option_values``)
+    defaults: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, **options: Any):
+        if self.defaults is not None:
+            refuse_unknown_options(self.name, options, self.defaults)
         self.options = options
 
     def option_values(self) -> dict[str, Any]:
         """Every option the method takes (``--method-opt NAME.KEY=VALUE``) with the value this instance uses:
         the given one, else its default (None: chosen at run time, by the method or by the run). For
         ``get_method(name)`` with no options these are the defaults that ``segsynth methods NAME`` prints."""
-        return {}
+        return {} if self.defaults is None else {**self.defaults, **self.options}
 
     def option_docs(self) -> list[str]:
         """Docstrings that explain the options: the class's, then those of the objects that hold them."""

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from segsynth.data.transforms import AUGMENTATIONS, classical_augmentation
 from segsynth.errors import ConfigError
-from segsynth.generators.base import Method, MethodContext, refuse_unknown_options
+from segsynth.generators.base import Method, MethodContext
 from segsynth.segment.sources import CaseSource, PairSource
 
 
@@ -15,10 +15,7 @@ class NoAugmentation(Method):
 
     name: ClassVar[str] = "none"
     description: ClassVar[str] = "real pairs only, no augmentation"
-
-    def __init__(self, **options: Any):
-        refuse_unknown_options(self.name, options, ())
-        super().__init__(**options)
+    defaults: ClassVar[dict[str, Any]] = {}
 
 
 class ClassicalAugmentation(Method):
@@ -33,14 +30,10 @@ class ClassicalAugmentation(Method):
     defaults: ClassVar[dict[str, Any]] = {"kind": "combined", "flip": False}
 
     def __init__(self, **options: Any):
-        refuse_unknown_options(self.name, options, self.defaults)
+        super().__init__(**options)
         if "kind" in options and options["kind"] not in AUGMENTATIONS:
             raise ConfigError(f"method {self.name!r}: unknown kind {options['kind']!r}; choose one of "
                               f"{', '.join(AUGMENTATIONS)}")
-        super().__init__(**options)
-
-    def option_values(self) -> dict[str, Any]:
-        return {**self.defaults, **self.options}
 
     def training_source(self, ctx: MethodContext) -> PairSource:
         opts = self.option_values()

@@ -321,12 +321,8 @@ class DomainRandMethod(Method):
     def option_values(self) -> dict[str, Any]:
         """Mixing options, then the ``DomainRandomizer`` fields (``normalise`` and ``channels`` None: the
         dataset's own)."""
-        from segsynth.segment.synthetic_mix import MIX_OPTION_NAMES
-
-        randomizer = {f.name: getattr(DomainRandomizer(), f.name) for f in fields(DomainRandomizer)}
-        randomizer.update(normalise=None, channels=None)
-        mix = {k: getattr(self.mix, k) for k in MIX_OPTION_NAMES}
-        return {**mix, **randomizer, **self.randomizer_options}
+        randomizer = {**asdict(DomainRandomizer()), "normalise": None, "channels": None}
+        return {**asdict(self.mix), **randomizer, **self.randomizer_options}
 
     def option_docs(self) -> list[str]:
         from segsynth.segment.synthetic_mix import MixOptions

@@ -31,7 +31,7 @@ import torch
 
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.errors import ConfigError, DataError
-from segsynth.generators.base import Method, MethodContext, refuse_unknown_options
+from segsynth.generators.base import Method, MethodContext
 from segsynth.utils.files import write_json
 from segsynth.utils.seed import derive_seed, seeded_scope, torch_generator
 
@@ -311,13 +311,9 @@ class TransferMethod(Method):
     required_options: ClassVar[tuple[str, ...]] = ("init",)
 
     def __init__(self, **options: Any):
-        refuse_unknown_options(self.name, options, self.defaults)
+        super().__init__(**options)
         if options.get("part", "all") not in ("all", "encoder"):
             raise ConfigError(f"transfer.part must be 'all' or 'encoder', got {options.get('part')!r}")
-        super().__init__(**options)
-
-    def option_values(self) -> dict[str, Any]:
-        return {**self.defaults, **self.options}
 
     def training_source(self, ctx: MethodContext) -> Any:
         from segsynth.data.transforms import classical_augmentation
@@ -333,17 +329,18 @@ class TransferMethod(Method):
 
         from segsynth.segment.train import TrainConfig, train_segmenter
 
-        init = self.option_values()["init"]
+        opts = self.option_values()
+        init = opts["init"]
         if not init:
             raise ConfigError("method 'transfer' needs init=PATH (a model folder written by `segsynth pretrain`), "
                               "e.g. --method-opt transfer.init=pretrained/model")
         model = ctx.build_segmenter()
-        report = load_pretrained(model, init, part=str(self.option_values()["part"]))
+        report = load_pretrained(model, init, part=str(opts["part"]))
         log.info("transfer: loaded %d pretrained tensors from %s (re-initialised: %s)", report["loaded"],
                  report["init"], report["reinitialised_head"] or "none")
         cfg = ctx.train_config or TrainConfig()
-        if self.option_values()["lr"] is not None:
-            cfg = replace(cfg, lr=float(self.options["lr"]))
+        if opts["lr"] is not None:
+            cfg = replace(cfg, lr=float(opts["lr"]))
         if ctx.workdir is not None:
             write_json(Path(ctx.workdir) / "transfer_init.json", report)
         ckpt = Path(ctx.workdir) / "checkpoint" if ctx.workdir else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import shutil
@@ -74,8 +75,8 @@ class _SyntheticPairsMethod(Method):
         return out
 
     def option_values(self) -> dict[str, Any]:
-        mix = {k: getattr(self.mix, k) for k in MIX_OPTION_NAMES}
-        return {**self.method_options, **mix, **self._generator_defaults(), **self.generator_options}
+        return {**self.method_options, **dataclasses.asdict(self.mix), **self._generator_defaults(),
+                **self.generator_options}
 
     def option_docs(self) -> list[str]:
         inits = [f"{cls.__name__}: {inspect.getdoc(cls.__init__) or inspect.getdoc(cls) or ''}"

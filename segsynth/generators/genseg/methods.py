@@ -37,10 +37,8 @@ class GenSegMethod(Method):
         self._generator: Any = None
 
     def option_values(self) -> dict[str, Any]:
-        from segsynth.segment.synthetic_mix import MIX_OPTION_NAMES
-
-        mix = {k: getattr(self.mix, k) for k in MIX_OPTION_NAMES}  # real_fraction = 1 - synthetic_fraction
-        return {**dataclasses.asdict(self.opts), **mix}
+        # the mixing options' real_fraction is 1 - synthetic_fraction
+        return {**dataclasses.asdict(self.opts), **dataclasses.asdict(self.mix)}
 
     def option_docs(self) -> list[str]:
         from segsynth.segment.synthetic_mix import MixOptions

@@ -14,7 +14,7 @@ import torch
 
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError, DataError
-from segsynth.generators.base import Method, MethodContext, refuse_unknown_options
+from segsynth.generators.base import Method, MethodContext
 from segsynth.generators.learned_transforms.helpers import (
     conform,
 )
@@ -60,23 +60,16 @@ class _TransformsMethod(Method):
     shares.
     """
 
-    allowed: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, **options: Any):
-        refuse_unknown_options(self.name, options, self.allowed)
-        super().__init__(**options)
-
-    def option_values(self) -> dict[str, Any]:
-        return {key: self.opt(key) for key in self.allowed}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def option_docs(self) -> list[str]:
         from segsynth.segment.synthetic_mix import MixOptions
 
-        mix = [inspect.getdoc(MixOptions) or ""] if "real_fraction" in self.allowed else []
+        mix = [inspect.getdoc(MixOptions) or ""] if "real_fraction" in self.defaults else []
         return [*super().option_docs(), inspect.getdoc(_TransformsMethod) or "", *mix]
 
     def opt(self, key: str) -> Any:
-        return self.options.get(key, self.allowed[key])
+        return self.options.get(key, self.defaults[key])
 
     def rand_aug(self) -> RandAug:
         return RandAug(displacement=float(self.opt("displacement")), control_points=int(self.opt("control_points")),
@@ -84,7 +77,7 @@ class _TransformsMethod(Method):
 
     def n_atlases(self, ctx: MethodContext) -> int:
         """How many labelled cases serve as atlases (option ``atlases`` where the method has it; else 1)."""
-        n = self.opt("atlases") if "atlases" in self.allowed else 1
+        n = self.opt("atlases") if "atlases" in self.defaults else 1
         if n == "all":
             return max(1, len(ctx.train))
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -195,7 +188,7 @@ class _TransformsMethod(Method):
             parse_mix_options,
         )
 
-        w = self.opt("real_weight") if "real_weight" in self.allowed else 0.0
+        w = self.opt("real_weight") if "real_weight" in self.defaults else 0.0
         if w == "auto":  # one-shot: synthetic pairs only (the paper); more labels: half of each batch real
             w = 0.0 if len(ctx.train) <= 1 else 0.5
         mix, _ = parse_mix_options({k: v for k, v in self.options.items() if k in MIX_OPTION_NAMES},
@@ -208,7 +201,7 @@ class SASMethod(_TransformsMethod):
 
     name: ClassVar[str] = "sas"
     description: ClassVar[str] = "single-atlas segmentation: register the atlas to each test image, warp its labels"
-    allowed: ClassVar[dict[str, Any]] = dict(_FIT_OPTIONS)
+    defaults: ClassVar[dict[str, Any]] = dict(_FIT_OPTIONS)
 
     def run(self, ctx: MethodContext) -> Any:
         from segsynth.segment.train import TrainResult, validation_dice
@@ -230,7 +223,7 @@ class SASAugMethod(_TransformsMethod):
 
     name: ClassVar[str] = "sas_aug"
     description: ClassVar[str] = "segmenter trained on unlabelled images labelled by the registered atlas"
-    allowed: ClassVar[dict[str, Any]] = dict(_FIT_OPTIONS)
+    defaults: ClassVar[dict[str, Any]] = dict(_FIT_OPTIONS)
 
     def training_source(self, ctx: MethodContext) -> Any:
         from segsynth.segment.sources import CaseSource
@@ -266,7 +259,7 @@ class RandAugMethod(_TransformsMethod):
 
     name: ClassVar[str] = "randaug"
     description: ClassVar[str] = "random smooth deformation + global intensity scaling of the labelled case(s)"
-    allowed: ClassVar[dict[str, Any]] = {**_RANDAUG_OPTIONS, "label_warp": "onehot"}
+    defaults: ClassVar[dict[str, Any]] = {**_RANDAUG_OPTIONS, "label_warp": "onehot"}
 
     def training_source(self, ctx: MethodContext) -> Any:
         return RandAugSource(ctx.train, self.rand_aug(), ctx.info.num_classes, patch_size=self.patch(ctx))
@@ -277,7 +270,7 @@ class LearnedMethod(_TransformsMethod):
 
     name: ClassVar[str] = "learned"
     description: ClassVar[str] = "learned spatial + appearance transforms of the atlas, drawn independently"
-    allowed: ClassVar[dict[str, Any]] = {**_FIT_OPTIONS, **_MIX_OPTIONS, "real_weight": "auto", "atlases": 1}
+    defaults: ClassVar[dict[str, Any]] = {**_FIT_OPTIONS, **_MIX_OPTIONS, "real_weight": "auto", "atlases": 1}
 
     def synthetic_source(self, ctx: MethodContext) -> Any:
         return self.learned_sources(ctx)
@@ -291,7 +284,7 @@ class LearnedRandAugMethod(_TransformsMethod):
 
     name: ClassVar[str] = "learned_randaug"
     description: ClassVar[str] = "learned transforms + rand-aug (half of the samples each, or composed)"
-    allowed: ClassVar[dict[str, Any]] = {**_FIT_OPTIONS, **_RANDAUG_OPTIONS, **_MIX_OPTIONS, "real_weight": "auto",
+    defaults: ClassVar[dict[str, Any]] = {**_FIT_OPTIONS, **_RANDAUG_OPTIONS, **_MIX_OPTIONS, "real_weight": "auto",
                                          "mix": "alternate", "randaug_weight": 0.5, "atlases": 1}
 
     def synthetic_source(self, ctx: MethodContext) -> Any:
