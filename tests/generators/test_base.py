@@ -47,6 +47,9 @@ def test_brainspade_says_which_options_reach_both_generators():
     assert not any(d.startswith("Options of both generators") for d in get_method("spade").option_docs())
 
 
-def test_a_bad_augmentation_kind_is_refused_when_the_method_is_made():
+def test_a_bad_augmentation_kind_or_atlas_count_is_refused_when_the_method_is_made():
     with pytest.raises(ConfigError, match="kind 'rotat'"):
         get_method("augment", kind="rotat")
+    for bad in (0, "two", True):  # a bad atlas count too (whether the run has that many cases is known later)
+        with pytest.raises(ConfigError, match="atlases must be a positive integer"):
+            get_method("learned", atlases=bad)

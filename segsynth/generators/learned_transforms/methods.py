@@ -62,6 +62,12 @@ class _TransformsMethod(Method):
 
     defaults: ClassVar[dict[str, Any]] = {}
 
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        n = options.get("atlases", 1)  # its form is known now; whether the run has that many cases, at run time
+        if n != "all" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"method {self.name!r}: atlases must be a positive integer or 'all', got {n!r}")
+
     def option_docs(self) -> list[str]:
         from segsynth.segment.synthetic_mix import MixOptions
 
@@ -80,8 +86,6 @@ class _TransformsMethod(Method):
         n = self.opt("atlases") if "atlases" in self.defaults else 1
         if n == "all":
             return max(1, len(ctx.train))
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"method {self.name!r}: atlases must be a positive integer or 'all', got {n!r}")
         if n > len(ctx.train):
             raise DataError(f"method {self.name!r}: atlases={n} needs {n} labelled cases; this run has "
                             f"{len(ctx.train)}")
