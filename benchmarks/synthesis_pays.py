@@ -66,6 +66,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # issue 12 in 3D: every GAN step kept (gen_every 1, as the full setting), each on a 32³ crop of the volume
     # (gan_patch; the generator still renders whole volumes), alpha updated less often once it settles
     "genseg_aug_gp": ("genseg_aug", {"arch_every_max": 16, "gan_patch": [32, 32, 32]}),
+    # issue 12 in 3D: the full setting's GAN steps on whole volumes (gen_every 1), only alpha updated less often
+    # once it settles: what the adaptive schedule alone costs and saves
+    "genseg_aug_ae16": ("genseg_aug", {"arch_every_max": 16}),
     "genseg": ("genseg", {}),  # the paper's GenSeg: generated pairs with the real ones, no classical augmentation
     "genseg_fast": ("genseg", {"gen_every": 2, "arch_every_max": 16}),
     # the same Pix2Pix trained before the segmenter (all its GAN steps first, no feedback), pairs stacked with

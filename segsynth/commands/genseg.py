@@ -124,7 +124,7 @@ def cmd_genseg(a: argparse.Namespace) -> int:
     from segsynth.generators.genseg import GenSegOptions, train_genseg
     from segsynth.segment.inference import predict_cases
     from segsynth.segment.model_io import save_segmenter
-    from segsynth.utils.device import resolve_device
+    from segsynth.utils.device import compute_description, resolve_device
     from segsynth.utils.files import write_json
 
     method, raw = _genseg_options(a)
@@ -143,6 +143,7 @@ def cmd_genseg(a: argparse.Namespace) -> int:
     gen.save(a.out / "generator")
     summary: dict[str, Any] = {"method": method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
                                "train_seconds": result.seconds, "peak_memory_mb": result.peak_memory_mb,
+                               **compute_description(device),
                                "architecture": gen.config()["architecture"], "search": gen.search_record,
                                "options": raw, "train_cases": [c.case_id for c in split.train],
                                "val_cases": [c.case_id for c in split.val]}

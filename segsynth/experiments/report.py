@@ -389,6 +389,27 @@ def _samples_section(sample_images: Sequence[str | Path] | Mapping[str, str | Pa
     return "".join(out)
 
 
+def _compute_text(record: Mapping[str, Any]) -> str:
+    if "threads" not in record:
+        return "machine not recorded"
+    where = record.get("gpu") or record.get("cpu") or record.get("device", "?")
+    return f"{where}, {_plural(int(record['threads']), 'thread')}"
+
+
+def _compute_meta(records: Sequence[Mapping[str, Any]]) -> str:
+    """Where the runs were computed (``compute_description`` in each record), and a warning when they differ:
+    seconds from different machines or thread counts are not comparable, and the kernels torch picks differ
+    with both, so each step rounds differently and Dice moves (by points in a small run)."""
+    counts: dict[str, int] = {}
+    for r in ok_records(records):
+        counts[_compute_text(r)] = counts.get(_compute_text(r), 0) + 1
+    if len(counts) <= 1:
+        return f"computed on {_e(next(iter(counts), 'no runs'))}"
+    parts = ", ".join(f"{_e(k)}: {_plural(v, 'run')}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f'<span class="failed">computed on {len(counts)} different machines or thread counts ({parts}): '
+            "seconds are not comparable between them, and Dice moves with them too (other kernels, other rounding)</span>")
+
+
 def write_report(
     records: Iterable[Mapping[str, Any]],
     out_dir: str | Path,
@@ -479,7 +500,7 @@ def write_report(
     meta = f"{n_ok} finished run{'s' if n_ok != 1 else ''}"
     if n_failed:
         meta += f', <span class="failed">{n_failed} failed</span>'
-    meta += f" · baseline: {_e(baseline)} · generated {when}"
+    meta += f" · baseline: {_e(baseline)} · {_compute_meta(records)} · generated {when}"
     notes = (
         '<h2>How to read this</h2><p class="note">Dice and HD95 are computed per test case over the '
         "foreground classes (MONAI; both masks empty: Dice 1, HD95 0; one empty: Dice 0, HD95 missing and "

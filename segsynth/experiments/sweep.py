@@ -28,7 +28,7 @@ from segsynth.generators import METHODS, get_method
 from segsynth.generators.base import MethodContext
 from segsynth.segment.inference import predict
 from segsynth.segment.train import TrainConfig
-from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
+from segsynth.utils.device import compute_description, peak_memory_mb, reset_peak_memory, resolve_device
 from segsynth.utils.files import append_jsonl, folders_under, prune_empty_dirs, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         records.append({**base, "test_set": name, "status": "ok", "val_dice": result.best_val_dice,
                         "best_step": result.best_step, "train_seconds": train_seconds,
                         "seconds": time.perf_counter() - t0, "peak_memory_mb": peak_memory_mb(device),
-                        "device": str(device), "dice_mean": float(np.mean(dice)) if dice else None,
+                        **compute_description(device), "dice_mean": float(np.mean(dice)) if dice else None,
                         "hd95_mean": float(np.mean(hd)) if hd else None, "n_test": len(cases),
                         **({"source_statistics": stats} if (stats := getattr(result, "source_statistics", None)) else {}),
                         "per_case": per_case})

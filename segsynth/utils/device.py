@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import platform
+
 import torch
 
 from segsynth.errors import ConfigError
@@ -43,3 +46,36 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> str:
+    """The CPU's model name and its widest vector unit that matters to torch's CPU kernels, e.g. "AMD EPYC
+    (avx2)" or "Intel(R) Xeon(R) Platinum 8480+ (amx)". bf16 is native only with amx / avx512_bf16, so the
+    same run can be 2x faster or 20x slower under ``--precision bf16`` from one machine to the next."""
+    model, flags = "", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = f" {value.strip()} "
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    vector = next((name for name, flag in (("amx", " amx_bf16 "), ("avx512_bf16", " avx512_bf16 "),
+                                            ("avx512", " avx512f "), ("avx2", " avx2 "), ("neon", " asimd "))
+                   if flag in flags), None)
+    return f"{model} ({vector})" if vector else model
+
+
+def compute_description(device: torch.device) -> dict[str, object]:
+    """Where a run's seconds (and, through kernel choice and thread count, its last digits of Dice) came from:
+    the device, the torch threads, the CPU (and the GPU on CUDA). Stored in each sweep record, so that runs
+    timed on different machines or thread counts are not compared unawares."""
+    out: dict[str, object] = {"device": str(device), "threads": torch.get_num_threads(), "cpu": cpu_description()}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out

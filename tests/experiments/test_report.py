@@ -162,3 +162,19 @@ def test_dice_confidence_intervals_stay_in_0_1():
     assert _dice_ci(0.62, 1.31) == "[0.620, 1.000*]"  # two seeds: a t interval reaches past 1
     assert _dice_ci(-0.4, 0.3) == "[0.000*, 0.300]"
     assert _dice_ci(math.nan, math.nan) == "[–, –]"
+
+
+def test_report_says_where_runs_were_computed_and_warns_when_it_differs(tmp_path):
+    records = _records()
+    same = [{**r, "device": "cpu", "threads": 2, "cpu": "AMD EPYC (avx2)"} for r in records]
+    text = write_report(same, tmp_path / "same", title="t").read_text(encoding="utf-8")
+    meta = re.search(r'<div class="meta">(.*?)</div>', text, re.S).group(1)
+    assert "computed on AMD EPYC (avx2), 2 threads" in meta and "different" not in meta
+
+    # one run from another thread count, one from before records said where: three groups, and a warning
+    mixed = [*same[:-2], {**same[-2], "threads": 1}, {k: v for k, v in same[-1].items() if k != "threads"}]
+    text = write_report(mixed, tmp_path / "mixed", title="t").read_text(encoding="utf-8")
+    meta = re.search(r'<div class="meta">(.*?)</div>', text, re.S).group(1)
+    assert "computed on 3 different machines or thread counts" in meta
+    assert "AMD EPYC (avx2), 2 threads: 6 runs" in meta and "AMD EPYC (avx2), 1 thread: 1 run" in meta
+    assert "machine not recorded: 1 run" in meta and "seconds are not comparable" in meta

@@ -29,6 +29,7 @@ def test_sweep_records_report_and_resume(tmp_path):
     assert len(records) == 8 and all(r["status"] == "ok" for r in records)
     r = records[0]
     assert {"dice_mean", "hd95_mean", "per_case", "val_dice", "seconds", "peak_memory_mb"} <= set(r)
+    assert r["device"] == "cpu" and r["threads"] >= 1 and r["cpu"]  # where the seconds were measured
     assert len(r["per_case"]) == 4 and 0.0 <= r["dice_mean"] <= 1.0
     html = (out / "report.html").read_text()
     assert "none" in html and "augment" in html and "data:image/png;base64" in html
@@ -118,7 +119,7 @@ def test_first_n_keeps_volumes_whole():
     assert [c.case_id for c in first_n(cases, 2)] == ["v0_s0", "v0_s1", "v1_s0", "v1_s1"]
 
 
-TIMING = ("seconds", "train_seconds", "peak_memory_mb")
+TIMING = ("seconds", "train_seconds", "peak_memory_mb", "threads", "cpu", "gpu")  # and where they were measured
 
 
 def cells(records) -> dict:
