@@ -53,3 +53,6 @@ def test_a_bad_augmentation_kind_or_atlas_count_is_refused_when_the_method_is_ma
     for bad in (0, "two", True):  # a bad atlas count too (whether the run has that many cases is known later)
         with pytest.raises(ConfigError, match="atlases must be a positive integer"):
             get_method("learned", atlases=bad)
+    with pytest.raises(ConfigError, match="holds one atlas's fit; it cannot serve atlases=2"):
+        get_method("learned_randaug", atlases=2, transforms="fit")  # two atlases cannot share one fit
+    assert get_method("learned", atlases="all", transforms="fit").options["atlases"] == "all"  # maybe 1: run time

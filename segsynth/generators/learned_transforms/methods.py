@@ -67,6 +67,9 @@ class _TransformsMethod(Method):
         n = options.get("atlases", 1)  # its form is known now; whether the run has that many cases, at run time
         if n != "all" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ConfigError(f"method {self.name!r}: atlases must be a positive integer or 'all', got {n!r}")
+        if n != "all" and n > 1 and options.get("transforms"):  # "all" of one labelled case is one atlas: run time
+            raise ConfigError(f"method {self.name!r}: transforms=PATH holds one atlas's fit; it cannot serve "
+                              f"atlases={n}")
 
     def option_docs(self) -> list[str]:
         from segsynth.segment.synthetic_mix import MixOptions
@@ -83,15 +86,14 @@ class _TransformsMethod(Method):
 
     def n_atlases(self, ctx: MethodContext) -> int:
         """How many labelled cases serve as atlases (option ``atlases`` where the method has it; else 1)."""
-        n = self.opt("atlases") if "atlases" in self.defaults else 1
-        if n == "all":
-            return max(1, len(ctx.train))
+        given = self.opt("atlases") if "atlases" in self.defaults else 1
+        n = max(1, len(ctx.train)) if given == "all" else given
         if n > len(ctx.train):
             raise DataError(f"method {self.name!r}: atlases={n} needs {n} labelled cases; this run has "
                             f"{len(ctx.train)}")
-        if n > 1 and self.opt("transforms"):
+        if n > 1 and self.opt("transforms"):  # an int > 1 was refused when the method was made; "all", now
             raise ConfigError(f"method {self.name!r}: transforms=PATH holds one atlas's fit; it cannot serve "
-                              f"atlases={n}")
+                              f"atlases={given} ({n} labelled cases)")
         return n
 
     def _atlas_and_unlabelled(self, ctx: MethodContext, index: int = 0) -> tuple[Case, list[Case]]:
