@@ -7,7 +7,7 @@ the yardstick: a generator whose pairs score far below the real ones teaches a w
 (The validation pairs also chose the reference's best weights, so their number is slightly optimistic; it
 is the ceiling a faithful generator should approach.)
 
-* ``label_fidelity(model, cases, num_classes=, device=)`` -> per-case Dice (``predict`` + ``case_metrics``).
+* ``label_fidelity(model, cases, num_classes=, device=)`` -> per-case Dice (``predict_many`` + ``case_metrics``).
 * ``fidelity_summary(synthetic, real_val)`` -> means, median, ratio.
 * ``reference_segmenter(ctx, directory, reuse=...)``: the ``augment`` model of a run's split, loaded from a
   saved folder when one exists, else trained once into ``directory`` (resumable) and saved there.
@@ -33,7 +33,7 @@ import torch
 
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.evaluate.metrics import case_metrics
-from segsynth.segment.inference import predict
+from segsynth.segment.inference import predict, predict_many
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,11 @@ def label_fidelity(model: torch.nn.Module, cases: Sequence[Case], *, num_classes
         ``segsynth.evaluate.metrics``).
     """
     labels = _labels(num_classes)
-    out = []
     for c in cases:
         if c.mask is None:
             raise ValueError(f"case {c.case_id!r} has no mask: label fidelity needs (image, mask) pairs")
-        pred = predict(model, c.image, num_classes, patch_size=patch_size, device=device)
-        out.append(float(case_metrics(pred, c.mask, labels)["dice_mean"]))
-    return out
+    preds = predict_many(model, [c.image for c in cases], patch_size=patch_size, device=device)
+    return [float(case_metrics(pred, c.mask, labels)["dice_mean"]) for c, pred in zip(cases, preds)]
 
 
 def _finite(values: Sequence[float | None]) -> np.ndarray:

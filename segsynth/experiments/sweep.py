@@ -26,7 +26,7 @@ from segsynth.evaluate.metrics import case_metrics, case_spacing
 from segsynth.experiments.executors import check_executor, make_executor
 from segsynth.generators import METHODS, get_method
 from segsynth.generators.base import MethodContext
-from segsynth.segment.inference import predict
+from segsynth.segment.inference import predict_many
 from segsynth.segment.train import TrainConfig
 from segsynth.utils.device import compute_description, peak_memory_mb, reset_peak_memory, resolve_device
 from segsynth.utils.files import append_jsonl, folders_under, prune_empty_dirs, read_jsonl
@@ -316,8 +316,8 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         per_case = []
         # overlays show the test cases with the most foreground (an empty slice says little)
         show = set(sorted(range(len(cases)), key=lambda i: -int((cases[i].mask > 0).sum()))[: cfg.sample_predictions])
-        for i, c in enumerate(cases):
-            pred = predict(result.model, c.image, info.num_classes, patch_size=cfg.train.patch_size, device=device)
+        preds = predict_many(result.model, [c.image for c in cases], patch_size=cfg.train.patch_size, device=device)
+        for i, (c, pred) in enumerate(zip(cases, preds)):
             m = case_metrics(pred, c.mask, info.labels, spacing=case_spacing(c))
             vid = c.meta.get("volume_id")  # slices of one volume are one unit for the paired tests
             per_case.append({"case_id": c.case_id, **({"volume_id": str(vid)} if vid is not None else {}), **m})

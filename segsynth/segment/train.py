@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
 from segsynth.nets.segmenters import check_input_size
-from segsynth.segment.inference import predict
+from segsynth.segment.inference import predict_many
 from segsynth.segment.losses import dice_ce_loss, soft_dice_per_class
 from segsynth.segment.sources import PairSource, Prefetcher, source_statistics
 from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
@@ -151,9 +151,9 @@ def validation_dice(model: torch.nn.Module, cases: Sequence[Case], num_classes: 
                     dtype: torch.dtype | None = None) -> float:
     """Mean over cases of the mean foreground Dice (predictions under ``dtype`` autocast, Dice in fp32)."""
     scores = []
-    for c in cases:
-        with autocast(device, dtype):
-            pred = predict(model, c.image, num_classes, patch_size=patch_size, device=device)
+    with autocast(device, dtype):
+        preds = predict_many(model, [c.image for c in cases], patch_size=patch_size, device=device)
+    for c, pred in zip(cases, preds):
         d = soft_dice_per_class(torch.from_numpy(pred), torch.as_tensor(c.mask), num_classes)
         scores.append(float(d.mean()))
     return float(np.mean(scores)) if scores else float("nan")
