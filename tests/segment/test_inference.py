@@ -1,9 +1,8 @@
 import numpy as np
+import pytest
 import torch
 
 from segsynth.nets.segmenters import build_segmenter
-import pytest
-
 from segsynth.segment import inference
 from segsynth.segment.inference import predict, predict_logits, predict_many
 
