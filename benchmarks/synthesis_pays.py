@@ -376,7 +376,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
-        for suffix in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma"):  # a setting against the variant without it
+        for suffix in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma", "_ae16", "_wf"):  # a setting vs the variant without it
             full = v.removesuffix(suffix)
             if full != v and full in a.variants:
                 comparisons += paired(records, v, full)
