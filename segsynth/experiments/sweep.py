@@ -201,6 +201,8 @@ def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: Load
                     continue
                 jobs.append((method_name, n, seed))
                 seed_data[seed] = SeedData(split.train, split.val, unlabelled, test_sets)
+    if jobs and cfg.executor == "local":
+        _warn_if_computed_elsewhere(read_jsonl(results_path), resolve_device(cfg.device))
     _execute(cfg, info, jobs, seed_data, results_path, out, total - len(jobs), total)
     records = read_jsonl(results_path)
     if cfg.report:
@@ -210,6 +212,21 @@ def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: Load
         write_report(records, out, title=cfg.title or f"segsynth sweep on {info.name}", baseline="none"
                      if "none" in cfg.methods else cfg.methods[0], sample_images=samples)
     return records
+
+
+def _warn_if_computed_elsewhere(records: Sequence[dict[str, Any]], device: torch.device) -> None:
+    """Log a warning when a resumed sweep's earlier runs were computed on another CPU, GPU or thread count than
+    the runs about to start: their seconds are not comparable, and their Dice moves with the kernels (the same
+    ``augment`` run scored 0.710 and 0.656 on two machines; benchmarks/README.md)."""
+    here = compute_description(device)
+    key = ("cpu", "threads", "gpu")
+    elsewhere = {tuple(r.get(k) for k in key) for r in records if r.get("status") == "ok" and "threads" in r}
+    elsewhere.discard(tuple(here.get(k) for k in key))
+    if elsewhere:
+        where = "; ".join(f"{gpu or cpu}, {threads} threads" for cpu, threads, gpu in sorted(elsewhere, key=str))
+        log.warning("results.jsonl holds runs computed elsewhere (%s); the runs now starting use %s, %d threads: "
+                    "their seconds are not comparable and Dice moves with the kernels (--threads N to match)",
+                    where, here.get("gpu") or here["cpu"], here["threads"])
 
 
 def _execute(cfg: SweepConfig, info, jobs: list[tuple[str, int, int]], seed_data: dict[int, SeedData],

@@ -157,3 +157,21 @@ def test_executor_ray_without_ray_says_how_to_install(png_dataset, tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "pip install 'segsynth[ray]'" in err
     assert not (tmp_path / "s" / "results.jsonl").exists()
+
+
+def test_resuming_on_another_thread_count_warns(tmp_path, caplog):
+    import json
+    import logging
+
+    data = write_png_dataset(tmp_path / "d", n=10)
+    out = tmp_path / "sweep"
+    kw = dict(methods=["none"], n_values=[1], sample_predictions=0, report=False)
+    run_sweep(_cfg(data, out, seeds=[0], **kw))
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    with caplog.at_level(logging.WARNING, logger="segsynth.experiments.sweep"):
+        run_sweep(_cfg(data, out, seeds=[0, 1], **kw))  # same machine and threads: silent
+    assert "computed elsewhere" not in caplog.text
+    (out / "results.jsonl").write_text("".join(json.dumps({**r, "threads": 99}) + "\n" for r in lines))
+    with caplog.at_level(logging.WARNING, logger="segsynth.experiments.sweep"):
+        run_sweep(_cfg(data, out, seeds=[0, 1, 2], **kw))
+    assert "results.jsonl holds runs computed elsewhere" in caplog.text and "99 threads" in caplog.text
