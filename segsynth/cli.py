@@ -282,7 +282,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from segsynth.generators.base import MethodContext
     from segsynth.segment.inference import predict_cases
     from segsynth.segment.model_io import save_segmenter
-    from segsynth.utils.device import resolve_device
+    from segsynth.utils.device import compute_description, resolve_device
 
     check_n(a.n, a.data)
     check_out(a.out, overwrite=a.overwrite, resumable=("work",))
@@ -304,7 +304,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if saveable:
         save_segmenter(result.model, a.out / "model", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
                        extra={"method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
-                              "train_cases": [c.case_id for c in split.train]})
+                              "train_cases": [c.case_id for c in split.train],
+                              "trained_on": compute_description(device)})
     else:  # e.g. single-atlas segmentation: a registration model plus an atlas, not a segmenter network
         log.warning("method %s returns a %s, not a segmenter network: no model/ folder is written "
                     "(its own command saves its models)", a.method, type(result.model).__name__)

@@ -163,6 +163,8 @@ def test_train_and_predict_refuse_a_non_empty_out_without_overwrite(tmp_path, pn
     assert "not empty (notes.txt); pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0 and (run / "model" / "model.json").exists()
     assert (run / "notes.txt").read_text() == "mine"
+    import json  # the saved model says where it was trained
+    assert json.loads((run / "model" / "model.json").read_text())["trained_on"]["device"] == "cpu"
     (run / "model" / "stale.bin").write_text("from an older run")  # --overwrite replaces the previous outputs
     assert main([*args, "--overwrite"]) == 0
     assert not (run / "model" / "stale.bin").exists() and (run / "model" / "model.json").exists()

@@ -139,7 +139,8 @@ def cmd_genseg(a: argparse.Namespace) -> int:
     result, gen = train_genseg(ctx, opts, feedback=not a.separate)
     save_segmenter(result.model, a.out / "segmenter", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
                    extra={"method": method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
-                          "train_cases": [c.case_id for c in split.train]})
+                          "train_cases": [c.case_id for c in split.train],
+                          "trained_on": compute_description(device)})
     gen.save(a.out / "generator")
     summary: dict[str, Any] = {"method": method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
                                "train_seconds": result.seconds, "peak_memory_mb": result.peak_memory_mb,
