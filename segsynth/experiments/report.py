@@ -12,6 +12,7 @@ import base64
 import html
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from segsynth.evaluate.stats import (
     summarise_runs,
 )
 from segsynth.experiments.plots import learning_curve
+from segsynth.utils.device import compute_label
 from segsynth.utils.files import atomic_path
 
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
@@ -389,23 +391,14 @@ def _samples_section(sample_images: Sequence[str | Path] | Mapping[str, str | Pa
     return "".join(out)
 
 
-def _compute_text(record: Mapping[str, Any]) -> str:
-    if "threads" not in record:
-        return "machine not recorded"
-    where = record.get("gpu") or record.get("cpu") or record.get("device", "?")
-    return f"{where}, {_plural(int(record['threads']), 'thread')}"
-
-
 def _compute_meta(records: Sequence[Mapping[str, Any]]) -> str:
     """Where the runs were computed (``compute_description`` in each record), and a warning when they differ:
     seconds from different machines or thread counts are not comparable, and the kernels torch picks differ
     with both, so each step rounds differently and Dice moves (by points in a small run)."""
-    counts: dict[str, int] = {}
-    for r in ok_records(records):
-        counts[_compute_text(r)] = counts.get(_compute_text(r), 0) + 1
+    counts = Counter(compute_label(r) or "machine not recorded" for r in ok_records(records))
     if len(counts) <= 1:
         return f"computed on {_e(next(iter(counts), 'no runs'))}"
-    parts = ", ".join(f"{_e(k)}: {_plural(v, 'run')}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+    parts = ", ".join(f"{_e(k)}: {_plural(v, 'run')}" for k, v in counts.most_common())
     return (f'<span class="failed">computed on {len(counts)} different machines or thread counts ({parts}): '
             "seconds are not comparable between them, and Dice moves with them too (other kernels, other rounding)</span>")
 

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,19 @@ import torch
 from segsynth.data.case import Case, LoadedDataset
 from segsynth.errors import ConfigError, DataError
 from segsynth.evaluate.metrics import case_metrics, case_spacing
+from segsynth.evaluate.stats import ok_records
 from segsynth.experiments.executors import check_executor, make_executor
 from segsynth.generators import METHODS, get_method
 from segsynth.generators.base import MethodContext
 from segsynth.segment.inference import predict_many
 from segsynth.segment.train import TrainConfig
-from segsynth.utils.device import compute_description, peak_memory_mb, reset_peak_memory, resolve_device
+from segsynth.utils.device import (
+    compute_description,
+    compute_label,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_device,
+)
 from segsynth.utils.files import append_jsonl, folders_under, prune_empty_dirs, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -176,8 +183,8 @@ def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: Load
 
     results_path = out / "results.jsonl"
     info = data.info
-    done = {(r["method"], r["n_train"], r["seed"], r["test_set"]) for r in read_jsonl(results_path)
-            if r.get("status") == "ok"}
+    earlier = ok_records(read_jsonl(results_path))
+    done = {(r["method"], r["n_train"], r["seed"], r["test_set"]) for r in earlier}
     n_max = max(cfg.n_values)
     total = len(cfg.methods) * len(cfg.n_values) * len(cfg.seeds)
     jobs: list[tuple[str, int, int]] = []
@@ -202,7 +209,7 @@ def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: Load
                 jobs.append((method_name, n, seed))
                 seed_data[seed] = SeedData(split.train, split.val, unlabelled, test_sets)
     if jobs and cfg.executor == "local":
-        _warn_if_computed_elsewhere(read_jsonl(results_path), resolve_device(cfg.device))
+        _warn_if_computed_elsewhere(earlier, resolve_device(cfg.device))
     _execute(cfg, info, jobs, seed_data, results_path, out, total - len(jobs), total)
     records = read_jsonl(results_path)
     if cfg.report:
@@ -214,19 +221,16 @@ def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: Load
     return records
 
 
-def _warn_if_computed_elsewhere(records: Sequence[dict[str, Any]], device: torch.device) -> None:
-    """Log a warning when a resumed sweep's earlier runs were computed on another CPU, GPU or thread count than
-    the runs about to start: their seconds are not comparable, and their Dice moves with the kernels (the same
-    ``augment`` run scored 0.710 and 0.656 on two machines; benchmarks/README.md)."""
-    here = compute_description(device)
-    key = ("cpu", "threads", "gpu")
-    elsewhere = {tuple(r.get(k) for k in key) for r in records if r.get("status") == "ok" and "threads" in r}
-    elsewhere.discard(tuple(here.get(k) for k in key))
+def _warn_if_computed_elsewhere(records: Sequence[Mapping[str, Any]], device: torch.device) -> None:
+    """Log a warning when a resumed sweep's earlier (finished) runs were computed on another CPU, GPU or thread
+    count than the runs about to start: their seconds are not comparable, and their Dice moves with the kernels
+    (the same ``augment`` run scored 0.710 and 0.656 on two machines; benchmarks/README.md)."""
+    here = compute_label(compute_description(device))
+    elsewhere = {compute_label(r) for r in records} - {None, here}
     if elsewhere:
-        where = "; ".join(f"{gpu or cpu}, {threads} threads" for cpu, threads, gpu in sorted(elsewhere, key=str))
-        log.warning("results.jsonl holds runs computed elsewhere (%s); the runs now starting use %s, %d threads: "
-                    "their seconds are not comparable and Dice moves with the kernels (--threads N to match)",
-                    where, here.get("gpu") or here["cpu"], here["threads"])
+        log.warning("results.jsonl holds runs computed elsewhere (%s); the runs now starting use %s: their seconds "
+                    "are not comparable and Dice moves with the kernels (--threads N to match)",
+                    "; ".join(sorted(elsewhere)), here)
 
 
 def _execute(cfg: SweepConfig, info, jobs: list[tuple[str, int, int]], seed_data: dict[int, SeedData],

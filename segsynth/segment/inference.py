@@ -41,17 +41,8 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, patch_size: Sequence
 
 def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, num_classes: int | None = None,
             patch_size: Sequence[int] | None = None, device: torch.device | str | None = None) -> np.ndarray:
-    """Predicted label map (*S) int64 for one image (C, *S)."""
-    was_training = model.training
-    model.eval()
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None].to(dev)
-    if patch_size is not None and all(s <= p for s, p in zip(x.shape[2:], patch_size)):
-        patch_size = None  # the whole image fits in one window
-    logits = predict_logits(model, x, patch_size)
-    if was_training:
-        model.train()
-    return logits.argmax(1)[0].cpu().numpy().astype(np.int64)
+    """Predicted label map (*S) int64 for one image (C, *S) (sliding window only where it exceeds ``patch_size``)."""
+    return predict_many(model, [image], patch_size=patch_size, device=device)[0]
 
 
 #: voxels per forward pass when ``predict_many`` stacks images (2D slices at 64²: 64 per pass, capped by
@@ -82,6 +73,7 @@ def predict_many(model: torch.nn.Module, images: Sequence[np.ndarray | torch.Ten
     i = 0
     while i < len(arrays):
         shape = arrays[i].shape
+        # a window only where the image exceeds the patch; one that fits goes whole (and can share a pass)
         window = patch_size is not None and not all(s <= p for s, p in zip(shape[1:], patch_size))
         per_pass = 1 if window else max(1, min(MAX_BATCH, batch_voxels // max(1, int(np.prod(shape[1:])))))
         j = i + 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -49,10 +51,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_description() -> str:
-    """The CPU's model name and its widest vector unit that matters to torch's CPU kernels, e.g. "AMD EPYC
-    (avx2)" or "Intel(R) Xeon(R) Platinum 8480+ (amx)". bf16 is native only with amx / avx512_bf16, so the
-    same run can be 2x faster or 20x slower under ``--precision bf16`` from one machine to the next."""
+def cpuinfo() -> tuple[str, frozenset[str]]:
+    """The first CPU's model name and feature flags from ``/proc/cpuinfo`` ("", {} where there is none)."""
     model, flags = "", ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -61,21 +61,39 @@ def cpu_description() -> str:
                 if key.strip() == "model name" and not model:
                     model = value.strip()
                 elif key.strip() in ("flags", "Features") and not flags:
-                    flags = f" {value.strip()} "
+                    flags = value
     except OSError:
         pass
+    return model, frozenset(flags.split())
+
+
+def cpu_description() -> str:
+    """The CPU's model name and its widest vector unit that matters to torch's CPU kernels, e.g. "AMD EPYC
+    (avx2)" or "Intel(R) Xeon(R) Platinum 8480+ (amx)". bf16 is native only with amx / avx512_bf16, so the
+    same run can be 2x faster or 20x slower under ``--precision bf16`` from one machine to the next."""
+    model, flags = cpuinfo()
     model = model or platform.processor() or platform.machine()
-    vector = next((name for name, flag in (("amx", " amx_bf16 "), ("avx512_bf16", " avx512_bf16 "),
-                                            ("avx512", " avx512f "), ("avx2", " avx2 "), ("neon", " asimd "))
+    vector = next((name for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"),
+                                            ("avx512", "avx512f"), ("avx2", "avx2"), ("neon", "asimd"))
                    if flag in flags), None)
     return f"{model} ({vector})" if vector else model
 
 
 def compute_description(device: torch.device) -> dict[str, object]:
-    """Where a run's seconds (and, through kernel choice and thread count, its last digits of Dice) came from:
-    the device, the torch threads, the CPU (and the GPU on CUDA). Stored in each sweep record, so that runs
+    """Where a run's seconds (and, through kernel choice and thread count, its Dice) came from: the device, the
+    torch threads, the CPU (and the GPU on CUDA). Stored in each sweep record and saved model, so that runs
     timed on different machines or thread counts are not compared unawares."""
     out: dict[str, object] = {"device": str(device), "threads": torch.get_num_threads(), "cpu": cpu_description()}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out
+
+
+def compute_label(record: Mapping[str, Any]) -> str | None:
+    """"AMD EPYC (avx2), 2 threads" (the GPU's name on CUDA) from a record holding ``compute_description``'s
+    fields; None for a record from before records said where they ran."""
+    if "threads" not in record:
+        return None
+    threads = int(record["threads"])
+    where = record.get("gpu") or record.get("cpu") or record.get("device", "?")
+    return f"{where}, {threads} thread{'' if threads == 1 else 's'}"

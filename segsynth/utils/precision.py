@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from segsynth.errors import ConfigError
+from segsynth.utils.device import cpuinfo
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -26,12 +27,8 @@ def cpu_has_fast_bf16() -> bool:
             return True
     except (AttributeError, RuntimeError):
         pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "amx_bf16" in flags or "avx512_bf16" in flags
-    except OSError:
-        return False
+    flags = cpuinfo()[1]
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def check_precision(precision: str, name: str = "--precision") -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from segsynth.utils.device import compute_description, cpu_description
+from segsynth.utils.device import compute_description, compute_label, cpu_description, cpuinfo
 
 
 def test_compute_description_names_threads_and_cpu():
@@ -26,12 +26,18 @@ def test_cpu_description_names_the_vector_unit_from_cpuinfo(monkeypatch, tmp_pat
                     "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(info if p == "/proc/cpuinfo" else p, *a, **k))
-    cpu_description.cache_clear()
+    cpuinfo.cache_clear()
     try:
         assert cpu_description() == "Test CPU 9000 (avx512_bf16)"
         info.write_text("model name\t: Old CPU\nflags\t\t: fpu sse2 avx2\n")
-        cpu_description.cache_clear()
+        cpuinfo.cache_clear()
         assert cpu_description() == "Old CPU (avx2)"
     finally:
         monkeypatch.undo()
-        cpu_description.cache_clear()
+        cpuinfo.cache_clear()
+
+
+def test_compute_label_names_where_a_record_ran():
+    assert compute_label({"device": "cpu", "threads": 2, "cpu": "AMD EPYC (avx2)"}) == "AMD EPYC (avx2), 2 threads"
+    assert compute_label({"device": "cuda", "threads": 1, "cpu": "x", "gpu": "H200"}) == "H200, 1 thread"
+    assert compute_label({"device": "cpu"}) is None  # a record from before records said where they ran

@@ -67,9 +67,15 @@ class _TransformsMethod(Method):
         n = options.get("atlases", 1)  # its form is known now; whether the run has that many cases, at run time
         if n != "all" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ConfigError(f"method {self.name!r}: atlases must be a positive integer or 'all', got {n!r}")
-        if n != "all" and n > 1 and options.get("transforms"):  # "all" of one labelled case is one atlas: run time
+        if n != "all":  # "all" is known only at run time (all of one labelled case is one atlas)
+            self._refuse_one_fit_for(n, n)
+
+    def _refuse_one_fit_for(self, n: int, given: int | str) -> None:
+        """ConfigError when ``n`` (> 1) atlases, from ``atlases=given``, are asked of one ``transforms=PATH`` fit."""
+        if n > 1 and self.options.get("transforms"):
+            detail = "" if given == n else f" ({n} labelled cases)"
             raise ConfigError(f"method {self.name!r}: transforms=PATH holds one atlas's fit; it cannot serve "
-                              f"atlases={n}")
+                              f"atlases={given}{detail}")
 
     def option_docs(self) -> list[str]:
         from segsynth.segment.synthetic_mix import MixOptions
@@ -91,9 +97,7 @@ class _TransformsMethod(Method):
         if n > len(ctx.train):
             raise DataError(f"method {self.name!r}: atlases={n} needs {n} labelled cases; this run has "
                             f"{len(ctx.train)}")
-        if n > 1 and self.opt("transforms"):  # an int > 1 was refused when the method was made; "all", now
-            raise ConfigError(f"method {self.name!r}: transforms=PATH holds one atlas's fit; it cannot serve "
-                              f"atlases={given} ({n} labelled cases)")
+        self._refuse_one_fit_for(n, given)  # an int > 1 was refused when the method was made; "all", now
         return n
 
     def _atlas_and_unlabelled(self, ctx: MethodContext, index: int = 0) -> tuple[Case, list[Case]]:
