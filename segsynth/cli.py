@@ -300,7 +300,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         return 0
     saveable = hasattr(result.model, "segsynth_config")
     if a.overwrite:  # the previous run's outputs go only now that the new ones exist to replace them
-        replace_outputs(a.out, ("model", "test_metrics"), keep=("work",))
+        replace_outputs(a.out, ("model", "test_metrics", "summary.json"), keep=("work",))
     if saveable:
         save_segmenter(result.model, a.out / "model", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
                        extra={"method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
@@ -314,9 +314,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     write_metrics(rows, a.out / "test_metrics")
     import numpy as np
 
+    from segsynth.evaluate.metrics import summarise_cases
+    from segsynth.utils.files import write_json
+
+    test = summarise_cases(rows)
+    # one file with what a run cost and scored, as segsynth genseg and the sweep records say it
+    write_json(a.out / "summary.json", {
+        "method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
+        "best_step": result.best_step, "steps": ctx.train_config.steps, "train_seconds": result.seconds,
+        "peak_memory_mb": result.peak_memory_mb, "precision": result.precision,
+        **compute_description(device), "options": opts, "train_cases": [c.case_id for c in split.train],
+        "val_cases": [c.case_id for c in split.val], "test_dice": test.get("dice_mean"),
+        "test_hd95": test.get("hd95_mean"), "n_test": len(rows)})
     print(f"trained {a.method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}; "
           f"test Dice {np.mean([r['dice_mean'] for r in rows]):.3f} over {len(rows)} cases")
-    print(f"model: {a.out / 'model' if saveable else '(not saved)'}   metrics: {a.out / 'test_metrics'}")
+    print(f"model: {a.out / 'model' if saveable else '(not saved)'}   metrics: {a.out / 'test_metrics'}   "
+          f"summary: {a.out / 'summary.json'}")
     return 0
 
 

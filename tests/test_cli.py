@@ -165,6 +165,11 @@ def test_train_and_predict_refuse_a_non_empty_out_without_overwrite(tmp_path, pn
     assert (run / "notes.txt").read_text() == "mine"
     import json  # the saved model says where it was trained
     assert json.loads((run / "model" / "model.json").read_text())["trained_on"]["device"] == "cpu"
+    summary = json.loads((run / "summary.json").read_text())  # what the run cost and scored, in one file
+    metrics = json.loads((run / "test_metrics" / "metrics.json").read_text())["summary"]
+    assert summary["method"] == "none" and summary["n_train"] == 2 and summary["device"] == "cpu"
+    assert summary["test_dice"] == metrics["dice_mean"] and summary["n_test"] == metrics["n_cases"] > 0
+    assert summary["train_seconds"] > 0 and 0 <= summary["val_dice"] <= 1 and summary["threads"] >= 1
     (run / "model" / "stale.bin").write_text("from an older run")  # --overwrite replaces the previous outputs
     assert main([*args, "--overwrite"]) == 0
     assert not (run / "model" / "stale.bin").exists() and (run / "model" / "model.json").exists()
