@@ -277,12 +277,12 @@ def _prepare_split(a: argparse.Namespace):
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from segsynth.evaluate.metrics import evaluate_cases, write_metrics
     from segsynth.generators import get_method
     from segsynth.generators.base import MethodContext
-    from segsynth.segment.inference import predict_cases
     from segsynth.segment.model_io import save_segmenter
-    from segsynth.utils.device import compute_description, resolve_device
+    from segsynth.segment.run_summary import model_record, run_summary, score_test_cases
+    from segsynth.utils.device import resolve_device
+    from segsynth.utils.files import write_json
 
     check_n(a.n, a.data)
     check_out(a.out, overwrite=a.overwrite, resumable=("work",))
@@ -303,31 +303,16 @@ def cmd_train(a: argparse.Namespace) -> int:
         replace_outputs(a.out, ("model", "test_metrics", "summary.json"), keep=("work",))
     if saveable:
         save_segmenter(result.model, a.out / "model", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
-                       extra={"method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
-                              "train_cases": [c.case_id for c in split.train],
-                              "trained_on": compute_description(device)})
+                       extra=model_record(a.method, a.n, a.seed, result, split, device))
     else:  # e.g. single-atlas segmentation: a registration model plus an atlas, not a segmenter network
         log.warning("method %s returns a %s, not a segmenter network: no model/ folder is written "
                     "(its own command saves its models)", a.method, type(result.model).__name__)
-    preds = predict_cases(result.model, split.test, patch_size=ctx.train_config.patch_size, device=device)
-    rows = evaluate_cases(preds, split.test, data.info.labels)
-    write_metrics(rows, a.out / "test_metrics")
-    import numpy as np
-
-    from segsynth.evaluate.metrics import summarise_cases
-    from segsynth.utils.files import write_json
-
-    test = summarise_cases(rows)
+    test = score_test_cases(result.model, split, data.info.labels, a.out / "test_metrics",
+                            ctx.train_config.patch_size, device)
     # one file with what a run cost and scored, as segsynth genseg and the sweep records say it
-    write_json(a.out / "summary.json", {
-        "method": a.method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
-        "best_step": result.best_step, "steps": ctx.train_config.steps, "train_seconds": result.seconds,
-        "peak_memory_mb": result.peak_memory_mb, "precision": result.precision,
-        **compute_description(device), "options": opts, "train_cases": [c.case_id for c in split.train],
-        "val_cases": [c.case_id for c in split.val], "test_dice": test.get("dice_mean"),
-        "test_hd95": test.get("hd95_mean"), "n_test": len(rows)})
-    print(f"trained {a.method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}; "
-          f"test Dice {np.mean([r['dice_mean'] for r in rows]):.3f} over {len(rows)} cases")
+    write_json(a.out / "summary.json", run_summary(a.method, a.n, a.seed, result, split, device, opts, test))
+    scored = f"; test Dice {test['dice_mean']:.3f} over {test['n_cases']} cases" if test else "; no test cases"
+    print(f"trained {a.method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}{scored}")
     print(f"model: {a.out / 'model' if saveable else '(not saved)'}   metrics: {a.out / 'test_metrics'}   "
           f"summary: {a.out / 'summary.json'}")
     return 0

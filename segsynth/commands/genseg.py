@@ -119,12 +119,11 @@ def _genseg_options(a: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 def cmd_genseg(a: argparse.Namespace) -> int:
     from segsynth.cli import _prepare_split, segmenter_kwargs_from_args, train_config_from_args
     from segsynth.data.case import Case
-    from segsynth.evaluate.metrics import evaluate_cases, write_metrics
     from segsynth.generators.base import MethodContext
     from segsynth.generators.genseg import GenSegOptions, train_genseg
-    from segsynth.segment.inference import predict_cases
     from segsynth.segment.model_io import save_segmenter
-    from segsynth.utils.device import compute_description, resolve_device
+    from segsynth.segment.run_summary import model_record, run_summary, score_test_cases
+    from segsynth.utils.device import resolve_device
     from segsynth.utils.files import write_json
 
     method, raw = _genseg_options(a)
@@ -138,25 +137,15 @@ def cmd_genseg(a: argparse.Namespace) -> int:
                         workdir=a.out / "work", options=raw)
     result, gen = train_genseg(ctx, opts, feedback=not a.separate)
     save_segmenter(result.model, a.out / "segmenter", data.info, spec, segmenter_kwargs=ctx.segmenter_kwargs,
-                   extra={"method": method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
-                          "train_cases": [c.case_id for c in split.train],
-                          "trained_on": compute_description(device)})
+                   extra=model_record(method, a.n, a.seed, result, split, device))
     gen.save(a.out / "generator")
-    summary: dict[str, Any] = {"method": method, "n_train": a.n, "seed": a.seed, "val_dice": result.best_val_dice,
-                               "train_seconds": result.seconds, "peak_memory_mb": result.peak_memory_mb,
-                               **compute_description(device),
-                               "architecture": gen.config()["architecture"], "search": gen.search_record,
-                               "options": raw, "train_cases": [c.case_id for c in split.train],
-                               "val_cases": [c.case_id for c in split.val]}
-    if split.test:
-        preds = predict_cases(result.model, split.test, patch_size=ctx.train_config.patch_size, device=device)
-        rows = evaluate_cases(preds, split.test, data.info.labels)
-        write_metrics(rows, a.out / "test_metrics")
-        summary["test_dice"] = float(np.mean([r["dice_mean"] for r in rows]))
-        summary["n_test"] = len(rows)
+    test = score_test_cases(result.model, split, data.info.labels, a.out / "test_metrics",
+                            ctx.train_config.patch_size, device)
+    summary = run_summary(method, a.n, a.seed, result, split, device, raw, test,
+                          architecture=gen.config()["architecture"], search=gen.search_record)
     write_json(a.out / "summary.json", summary)
-    test = f"; test Dice {summary['test_dice']:.3f} over {summary['n_test']} cases" if "test_dice" in summary else ""
-    print(f"{method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}{test}")
+    scored = f"; test Dice {test['dice_mean']:.3f} over {test['n_cases']} cases" if test else ""
+    print(f"{method} on {len(split.train)} cases: best validation Dice {result.best_val_dice:.3f}{scored}")
     print(f"generator ({json.dumps(gen.config()['architecture']['genotype'])}): {a.out / 'generator'}")
     print(f"segmenter: {a.out / 'segmenter'}   summary: {a.out / 'summary.json'}")
     return 0

@@ -58,6 +58,9 @@ def test_cli_genseg_trains_saves_and_evaluates(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "genseg" and 0 <= summary["test_dice"] <= 1 and summary["n_test"] == 2
     assert summary["search"]["genotype"] == summary["architecture"]["genotype"]
+    # the fields segsynth train's summary.json has too (segsynth.segment.run_summary)
+    assert summary["steps"] == 2 and summary["best_step"] in (0, 2) and summary["precision"] == "fp32"
+    assert summary["device"] == "cpu" and summary["threads"] >= 1 and "test_hd95" in summary
     assert (out / "segmenter" / "model.safetensors").exists()
     assert not GenSegGenerator.load(out / "generator").net.searchable
     assert GenSegGenerator.load(out / "work" / "generator_search").net.searchable
