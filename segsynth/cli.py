@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     s = _command(sub, "demo", help="the main job at small scale on the sample shipped with the package (about 100 s "
-                                    "on 2 CPU cores with AVX-512, 100-160 s with AVX2 only): GenSeg fits a generator, its pairs train a segmenter, compared "
+                                    "on 2 CPU cores with AVX-512, 60-160 s with AVX2 only): GenSeg fits a generator, its pairs train a segmenter, compared "
                                     "with augment and none on held-out volumes; prints the Dice table, label "
                                     "fidelity and the computed verdict, writes an HTML report and a montage of "
                                     "synthetic pairs beside real ones", epilog=EPILOG)

@@ -14,7 +14,7 @@ One command shows the whole flow a user runs on their own data:
 
 Everything lands in ``--out``: ``report.html`` (the sweep report), ``results.jsonl``, the montage,
 ``fidelity.json`` and ``demo.json`` (what the console printed, in numbers). About 100 s on 2 CPU cores with
-AVX-512 (96-116 s measured on an idle AMD EPYC, 2 threads; 191 s at 64x64 and 120 steps before); 98-158 s on 2 cores
+AVX-512 (96-116 s measured on an idle AMD EPYC, 2 threads; 191 s at 64x64 and 120 steps before); 64-158 s on 2 cores
 with AVX2 only (151-222 s before ``predict_many``), where a training step of its U-Net (48x48, batch 16) takes
 250-280 ms (``benchmarks/speed.py --sections loop --sizes 48 --batch 16 --features 16,16,32,64,128,16``).
 """
