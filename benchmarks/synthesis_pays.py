@@ -69,6 +69,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # issue 12 in 3D: the full setting's GAN steps on whole volumes (gen_every 1), only alpha updated less often
     # once it settles: what the adaptive schedule alone costs and saves
     "genseg_aug_ae16": ("genseg_aug", {"arch_every_max": 16}),
+    # issue 11 in 3D, where the generated volumes are unfaithful (fidelity ratio 0.45-0.62): the setting above
+    # plus the segmentation term (weight from --seg-weight), which trains the generator to render what its mask says
+    "genseg_aug_seg_ae16": ("genseg_aug", {"seg_weight": None, "arch_every_max": 16}),
     "genseg": ("genseg", {}),  # the paper's GenSeg: generated pairs with the real ones, no classical augmentation
     "genseg_fast": ("genseg", {"gen_every": 2, "arch_every_max": 16}),
     # the same Pix2Pix trained before the segmenter (all its GAN steps first, no feedback), pairs stacked with
@@ -380,6 +383,9 @@ def sweep_stage(a: argparse.Namespace) -> Path:
             full = v.removesuffix(suffix)
             if full != v and full in a.variants:
                 comparisons += paired(records, v, full)
+        without_term = v.replace("_seg_", "_", 1)  # the segmentation term vs the same setting without it
+        if without_term != v and without_term in a.variants:
+            comparisons += paired(records, v, without_term)
         if v.endswith("_fm") and "fixmatch" in a.variants:  # a combination against its semi-supervised part
             comparisons += paired(records, v, "fixmatch")
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
