@@ -379,13 +379,11 @@ def sweep_stage(a: argparse.Namespace) -> Path:
     for v in a.variants:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
-        for suffix in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma", "_ae16", "_wf"):  # a setting vs the variant without it
-            full = v.removesuffix(suffix)
-            if full != v and full in a.variants:
-                comparisons += paired(records, v, full)
-        without_term = v.replace("_seg_", "_", 1)  # the segmentation term vs the same setting without it
-        if without_term != v and without_term in a.variants:
-            comparisons += paired(records, v, without_term)
+        # a setting vs the variant without it: a suffix, or the segmentation term inside the name
+        without = [v.removesuffix(s) for s in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma", "_ae16", "_wf")]
+        for base in [*without, v.replace("_seg_", "_", 1)]:
+            if base != v and base in a.variants:
+                comparisons += paired(records, v, base)
         if v.endswith("_fm") and "fixmatch" in a.variants:  # a combination against its semi-supervised part
             comparisons += paired(records, v, "fixmatch")
     config = {"flags": vars(a), "variants": {v: VARIANTS[v] for v in a.variants}, "seg_weight": seg_weight,
