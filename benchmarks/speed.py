@@ -252,7 +252,51 @@ def section_demo(a: argparse.Namespace, data: Data) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: (shape, class axis) of the label maps made on every step: a 3D mask warp (3 classes, 40×56×40), a 2D one,
+#: and a validation batch of 2D logits
+ARGMAX_SHAPES = (((3, 40, 56, 40), 0), ((2, 256, 256), 0), ((16, 3, 64, 64), 1))
+
+
+def section_argmax(a: argparse.Namespace, data: Data) -> dict[str, Any]:
+    """Label maps from class scores: ``torch.argmax`` against ``segsynth.utils.labels.class_argmax`` (same answer)."""
+    from segsynth.utils.labels import class_argmax
+
+    g = torch.Generator().manual_seed(0)
+    sizes: dict[str, Any] = {}
+    for shape, dim in ARGMAX_SHAPES:
+        x = torch.rand(*shape, generator=g)
+        assert torch.equal(class_argmax(x, dim), x.argmax(dim))
+        ms = {}
+        for name, fn in (("torch_argmax", torch.argmax), ("class_argmax", class_argmax)):
+            fn(x, dim)
+            best = float("inf")
+            for _ in range(5):  # the least disturbed of 5 rounds of 20 calls
+                t = time.perf_counter()
+                for _ in range(20):
+                    fn(x, dim)
+                best = min(best, (time.perf_counter() - t) / 20)
+            ms[name] = 1000 * best
+        key = f"{'×'.join(map(str, shape))} (axis {dim})"
+        sizes[key] = {"torch_argmax_ms": ms["torch_argmax"], "class_argmax_ms": ms["class_argmax"],
+                      "speedup": ms["torch_argmax"] / ms["class_argmax"]}
+        print(f"  argmax {key}: torch {ms['torch_argmax']:.2f} ms, class_argmax {ms['class_argmax']:.2f} ms",
+              flush=True)
+    return {"threads": torch.get_num_threads(), "sizes": sizes}
+
+
 # ------------------------------------------------------------------------------------------- plots
+def plot_argmax(ax: Any, r: dict[str, Any]) -> None:
+    sizes = list(r["sizes"])
+    ax.bar([j - 0.2 for j in range(len(sizes))], [r["sizes"][s]["torch_argmax_ms"] for s in sizes], 0.4,
+           label="torch.argmax")
+    ax.bar([j + 0.2 for j in range(len(sizes))], [r["sizes"][s]["class_argmax_ms"] for s in sizes], 0.4,
+           label="class_argmax")
+    ax.set_xticks(range(len(sizes)), [s.replace(" (", "\n(") for s in sizes], fontsize=6)
+    ax.set_ylabel("ms / call")
+    ax.set_title("label map from class scores")
+    ax.legend(fontsize=7)
+
+
 def plot_loop(ax: Any, r: dict[str, Any]) -> None:
     names = ["plain_predrawn", "plain", "segsynth_prefetch0", "segsynth"]
     sizes = list(r["sizes"])
@@ -298,6 +342,7 @@ SECTIONS: dict[str, Section] = {
     "precision": Section(section_precision, plot_precision),
     "precision3d": Section(section_precision3d, plot_precision, default=False),
     "demo": Section(section_demo, None, default=False),
+    "argmax": Section(section_argmax, plot_argmax, default=False),
 }
 #: extra panels drawn from a section's result (the data-wait panel reads the loop section)
 EXTRA_PANELS: list[tuple[str, Callable[[Any, dict[str, Any]], None]]] = [("loop", plot_data_wait)]
@@ -378,7 +423,7 @@ def main(argv: list[str] | None = None) -> Path:
     path = a.json or OUT / f"speed_{device.type}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     sections = dict(old.get("sections", {}))
-    needs_data = any(s != "demo" for s in a.sections)
+    needs_data = any(s not in ("demo", "argmax") for s in a.sections)
     data = load_data(a) if needs_data else Data({}, 2)
     t0 = time.perf_counter()
     for name in a.sections:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from segsynth.errors import ConfigError, DataError
+from segsynth.utils.labels import class_argmax
 
 __all__ = [
     "labels_to_onehot",
@@ -153,7 +154,7 @@ def pv_from_probabilities(probs: torch.Tensor | np.ndarray, *, add_background: b
 
 def pv_to_labels(pv: torch.Tensor) -> torch.Tensor:
     """(B, K, *S) PV maps -> (B, *S) int64 labels (argmax; ties go to the lower class id)."""
-    return pv.argmax(1)
+    return class_argmax(pv, 1)
 
 
 def pv_resize(pv: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

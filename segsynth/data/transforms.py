@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from segsynth.errors import ConfigError
+from segsynth.utils.labels import class_argmax
 
 Params = dict[str, Any]
 
@@ -110,7 +111,7 @@ def warp_labels(mask: torch.Tensor, grid: torch.Tensor, num_classes: int | None 
     onehot = F.one_hot(mask.long(), k).movedim(-1, 0)[None].float()
     onehot[:, 0] += 1e-6  # ties (and the zero padding outside the image) resolve to background
     warped = F.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return warped[0].argmax(0)
+    return class_argmax(warped[0], 0)
 
 
 def _affine_matrix(params: Params, spatial_shape: Sequence[int]) -> torch.Tensor:

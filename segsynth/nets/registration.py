@@ -29,6 +29,7 @@ from monai.networks.layers import Conv
 from monai.networks.nets import UNet, VoxelMorphUNet
 
 from segsynth.errors import ConfigError
+from segsynth.utils.labels import class_argmax
 
 # MONAI warns each time a Warp is built (also inside DVF2DDF) that it uses torch's grid_sample: expected here.
 warnings.filterwarnings("ignore", message="monai.networks.blocks.Warp: Using PyTorch native grid_sample")
@@ -169,7 +170,7 @@ def warp_labels(mask: torch.Tensor, ddf: torch.Tensor, num_classes: int, mode: s
     onehot = F.one_hot(mask.long(), max(num_classes, 2)).movedim(-1, 1).float()
     onehot[:, 0] += 1e-4  # ties and the zero padding outside resolve to background
     warped = _warper("bilinear", "zeros")(onehot, ddf)
-    return warped.argmax(1)
+    return class_argmax(warped, 1)
 
 
 def warp_probabilities(onehot: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from segsynth.data.case import Case
+from segsynth.utils.labels import class_argmax
 
 
 def _pad_to_divisor(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, list[int]]:
@@ -80,7 +81,7 @@ def predict_many(model: torch.nn.Module, images: Sequence[np.ndarray | torch.Ten
         while j < len(arrays) and j - i < per_pass and arrays[j].shape == shape:
             j += 1
         logits = predict_logits(model, torch.stack(arrays[i:j]).to(dev), patch_size if window else None)
-        out.extend(p.cpu().numpy().astype(np.int64) for p in logits.argmax(1))
+        out.extend(p.cpu().numpy().astype(np.int64) for p in class_argmax(logits, 1))
         i = j
     if was_training:
         model.train()

@@ -35,3 +35,16 @@ def test_speed_json_sections_merge_and_plot(tmp_path, monkeypatch):
 
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+
+
+def test_speed_argmax_section_needs_no_data(tmp_path, monkeypatch):
+    speed = pytest.importorskip("benchmarks.speed")
+    monkeypatch.setattr(speed, "load_data", lambda a: pytest.fail("the argmax section loads no dataset"))
+    out = tmp_path / "speed.json"
+    speed.main(["--sections", "argmax", "--json", str(out), "--threads", "1"])
+    sizes = json.loads(out.read_text())["sections"]["argmax"]["sizes"]
+    assert set(sizes) == {f"{'×'.join(map(str, s))} (axis {d})" for s, d in speed.ARGMAX_SHAPES}
+    for r in sizes.values():
+        assert r["torch_argmax_ms"] > 0 and r["class_argmax_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["torch_argmax_ms"] / r["class_argmax_ms"])
+    assert out.with_suffix(".png").stat().st_size > 0
