@@ -285,12 +285,16 @@ def section_argmax(a: argparse.Namespace, data: Data) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- plots
-def plot_argmax(ax: Any, r: dict[str, Any]) -> None:
+def _bar_pair(ax: Any, r: dict[str, Any], left: tuple[str, str], right: tuple[str, str]) -> list[str]:
+    """Two bars per size: (key, label) on the left and on the right; returns the sizes (x order)."""
     sizes = list(r["sizes"])
-    ax.bar([j - 0.2 for j in range(len(sizes))], [r["sizes"][s]["torch_argmax_ms"] for s in sizes], 0.4,
-           label="torch.argmax")
-    ax.bar([j + 0.2 for j in range(len(sizes))], [r["sizes"][s]["class_argmax_ms"] for s in sizes], 0.4,
-           label="class_argmax")
+    for offset, (key, label) in ((-0.2, left), (0.2, right)):
+        ax.bar([j + offset for j in range(len(sizes))], [r["sizes"][s][key] for s in sizes], 0.4, label=label)
+    return sizes
+
+
+def plot_argmax(ax: Any, r: dict[str, Any]) -> None:
+    sizes = _bar_pair(ax, r, ("torch_argmax_ms", "torch.argmax"), ("class_argmax_ms", "class_argmax"))
     ax.set_xticks(range(len(sizes)), [s.replace(" (", "\n(") for s in sizes], fontsize=6)
     ax.set_ylabel("ms / call")
     ax.set_title("label map from class scores")
@@ -324,11 +328,7 @@ def plot_data_wait(ax: Any, r: dict[str, Any]) -> None:
 
 
 def plot_precision(ax: Any, r: dict[str, Any]) -> None:
-    sizes = list(r["sizes"])
-    ax.bar([j - 0.2 for j in range(len(sizes))], [r["sizes"][s]["fp32_ms_per_step"] for s in sizes], 0.4,
-           label="fp32")
-    ax.bar([j + 0.2 for j in range(len(sizes))], [r["sizes"][s]["bf16_ms_per_step"] for s in sizes], 0.4,
-           label="bf16 autocast")
+    sizes = _bar_pair(ax, r, ("fp32_ms_per_step", "fp32"), ("bf16_ms_per_step", "bf16 autocast"))
     ax.set_xticks(range(len(sizes)), [s if "×" in s else f"{s}²" for s in sizes])
     ax.set_yscale("log")
     ax.set_ylabel("ms / step (log)")
