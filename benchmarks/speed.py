@@ -79,6 +79,7 @@ class Section:
     run: Callable[[argparse.Namespace, Data], dict[str, Any]]
     plot: Callable[[Any, dict[str, Any]], None] | None = None
     default: bool = True  # run when --sections is not given
+    needs_data: bool = True  # reads the labelled 2D cases (``Data``)
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -340,9 +341,9 @@ def plot_precision(ax: Any, r: dict[str, Any]) -> None:
 SECTIONS: dict[str, Section] = {
     "loop": Section(section_loop, plot_loop),
     "precision": Section(section_precision, plot_precision),
-    "precision3d": Section(section_precision3d, plot_precision, default=False),
-    "demo": Section(section_demo, None, default=False),
-    "argmax": Section(section_argmax, plot_argmax, default=False),
+    "precision3d": Section(section_precision3d, plot_precision, default=False, needs_data=False),
+    "demo": Section(section_demo, None, default=False, needs_data=False),
+    "argmax": Section(section_argmax, plot_argmax, default=False, needs_data=False),
 }
 #: extra panels drawn from a section's result (the data-wait panel reads the loop section)
 EXTRA_PANELS: list[tuple[str, Callable[[Any, dict[str, Any]], None]]] = [("loop", plot_data_wait)]
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> Path:
     path = a.json or OUT / f"speed_{device.type}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     sections = dict(old.get("sections", {}))
-    needs_data = any(s not in ("demo", "argmax") for s in a.sections)
+    needs_data = any(SECTIONS[s].needs_data for s in a.sections)
     data = load_data(a) if needs_data else Data({}, 2)
     t0 = time.perf_counter()
     for name in a.sections:

@@ -5,7 +5,7 @@ On CPU, ``t.argmax(dim)`` over an outer axis of a few classes is a strided reduc
 of elementwise comparisons over the classes (``benchmarks/README.md``, issue 12). Warping a mask (one-hot,
 bilinear, argmax) and turning logits into a label map do it on every training step and every prediction, so in a
 3D GenSeg run it was 5 % of all the time. ``class_argmax`` gives exactly ``torch.argmax``'s answer (the first
-class among equal maxima) for finite scores.
+class among equal maxima) for floating scores without NaN.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ MAX_LOOP_CLASSES = 16
 def class_argmax(scores: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Index of the largest score along ``dim`` (int64, ``dim`` removed), ties to the lowest index.
 
-    The same as ``scores.argmax(dim)`` for floating scores without NaN (where a NaN is, the two may differ). On a GPU, for integer tensors or many classes, ``torch.argmax`` itself is used."""
+    The same as ``scores.argmax(dim)`` for floating scores without NaN (where a NaN is, the two may differ).
+    On a GPU, for integer tensors, one class or more than ``MAX_LOOP_CLASSES``, ``torch.argmax`` itself is used."""
     k = scores.shape[dim]
     if scores.device.type != "cpu" or not scores.is_floating_point() or k > MAX_LOOP_CLASSES or k < 2:
         return scores.argmax(dim)

@@ -340,7 +340,7 @@ class ImageGenerator:
                     loss = loss + c["lambda_contrastive"] * con
                     rec["contrastive"] = float(con.detach())
                 if term is not None:  # every fake, target-styled ones too, must show its label map
-                    seg = term.loss(fake, pv_c.argmax(1))
+                    seg = term.loss(fake, pv_to_labels(pv_c))
                     loss = loss + term.weight * seg
                     rec["seg"] = float(seg.detach())
             optimizer_step(opt_g, loss)

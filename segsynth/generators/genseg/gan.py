@@ -9,6 +9,7 @@ from monai.losses import PatchAdversarialLoss
 
 from segsynth.errors import ConfigError
 from segsynth.generators.genseg.helpers import _average_grads, _frozen
+from segsynth.utils.labels import class_argmax
 from segsynth.utils.precision import autocast
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class GanTrainer:
         loss, parts = adv + self.lambda_l1 * l1, {"gan_g": float(adv.detach()), "gan_l1": float(l1.detach())}
         term = self.gen.seg_term
         if term is not None and term.weight > 0:
-            seg = term.loss(self.gen.from_unit(fake), onehot.argmax(1))
+            seg = term.loss(self.gen.from_unit(fake), class_argmax(onehot, 1))
             loss = loss + term.weight * seg
             parts["gan_seg"] = float(seg.detach())
         return loss, parts
