@@ -24,6 +24,7 @@ construction: ``reset_parameters(seed)`` initialises weights from a seed (N(0, 0
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -138,8 +139,17 @@ def _fused_taps(ops: Sequence[nn.Module]) -> int:
 
 # Building the mixed kernel costs about as much as a convolution over ~10 input voxels per kernel tap; below
 # that many (batch x spatial) input voxels the separate ops are cheaper (measured on CPU, 2D: deep 4x4 cells
-# were 2-3x slower fused, 32x32 cells 2-5x faster).
-FUSE_MIN_VOXELS_PER_TAP = 12
+# were 2-3x slower fused, 32x32 cells 2-5x faster). Per spatial dims: in 3D the up-sampled candidates cost 8x
+# their input's voxels (2D: 4x), and fusing every cell of the 40x56x40 hippocampus generator (batch 4, deep cells
+# at 1-9 voxels per tap) took a GAN step from 408 to 325-330 ms on 2 CPU cores (2-3x faster in its 6x8x6 cells).
+FUSE_MIN_VOXELS_PER_TAP: dict[int, float] = {2: 12, 3: 1}
+
+# A stride-2 transposed convolution with few output channels (the generator's image cell: 1 or 3) leaves
+# oneDNN's channel vectors mostly empty; the same sums as ONE convolution over the input with 2^d x C_out output
+# channels (one per output phase, ``conv_transpose_by_phases``) fill them and skip the cropped border. Measured on
+# 2 CPU cores, forward + backward: 3D 16 -> 1 channels at 24x32x24, batch 4: 77 -> 20 ms; 2D 32 -> 1 at 64², batch
+# 8: 14.4 -> 6.6 ms; with 8 or more output channels it was as fast or slower (3D 64 -> 32: 5.6 -> 11.5 ms).
+PHASE_MAX_OUT_CHANNELS = 4
 
 
 def fused_mixture(ops: Sequence[nn.Module], weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -170,9 +180,48 @@ def fused_mixture(ops: Sequence[nn.Module], weights: torch.Tensor, x: torch.Tens
             out = conv(F.pad(x, [left, pad_right] * nd), kernel, bias, stride=stride)
         return out[(slice(None), slice(None)) + tuple(slice(0, n) for n in n_out)]
     n_out = [(n - 1) * stride - 2 * l0 + k0 for n in x.shape[2:]]
+    if stride == 2 and kernel.shape[1] <= PHASE_MAX_OUT_CHANNELS and n_out == [2 * n for n in x.shape[2:]]:
+        return conv_transpose_by_phases(x, kernel, bias, left)
     conv_t = F.conv_transpose2d if nd == 2 else F.conv_transpose3d
     out = conv_t(x, kernel, bias, stride=stride)
     return out[(slice(None), slice(None)) + tuple(slice(left, left + n) for n in n_out)]
+
+
+def conv_transpose_by_phases(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None,
+                             left: int) -> torch.Tensor:
+    """The stride-2 transposed convolution ``out[2i + m - left] += kernel[m] x[i]`` (kernel (C_in, C_out, K^d),
+    the same K on every axis) on the output grid ``0 .. 2n - 1``, as one ordinary convolution plus a shuffle.
+
+    Output voxel ``2q + r`` (phase ``r`` in {0, 1} per axis) sums ``kernel[r + left - 2s] x[q + s]`` over the
+    offsets ``s`` that keep the tap inside the kernel: for each phase that is a stride-1 convolution of ``x`` with
+    the taps ``r + left, r + left - 2, ...`` of the kernel. The 2^d phase kernels become the output channels of one
+    convolution (phase-major), whose output is interleaved back onto the doubled grid. Same sums as
+    ``conv_transpose`` + crop (float rounding aside); differentiable in ``x``, ``kernel`` and ``bias``.
+    """
+    nd = x.ndim - 2
+    cin, cout, k = int(kernel.shape[0]), int(kernel.shape[1]), int(kernel.shape[2])
+    # offsets s in [lo, hi]: taps m = r + left - 2s with 0 <= m < k for r = 0 or 1
+    lo = min(-((k - 1 - r - left) // 2) for r in (0, 1))
+    hi = max((r + left) // 2 for r in (0, 1))
+    taps = hi - lo + 1
+    # with the kernel flipped (index k - 1 - m) the taps of phase r run upwards in steps of 2 from
+    # k - 1 - r - left + 2 lo; zero padding covers the offsets whose tap falls outside the kernel
+    first = [k - 1 - r - left + 2 * lo for r in (0, 1)]
+    pad_lo = max(0, -min(first))
+    pad_hi = max(0, max(f + 2 * (taps - 1) for f in first) - (k - 1))
+    flipped = F.pad(torch.flip(kernel, dims=list(range(2, 2 + nd))), [pad_lo, pad_hi] * nd)
+    phases = []
+    for rs in itertools.product((0, 1), repeat=nd):  # axis 0's phase varies slowest
+        index = tuple(slice(first[r] + pad_lo, first[r] + pad_lo + 2 * taps - 1, 2) for r in rs)
+        phases.append(flipped[(slice(None), slice(None)) + index])
+    weight = torch.stack(phases).transpose(1, 2).reshape(2**nd * cout, cin, *(taps,) * nd)
+    conv = F.conv2d if nd == 2 else F.conv3d
+    xp = F.pad(x, [-lo, hi] * nd)  # negative padding crops
+    y = conv(xp, weight, None if bias is None else bias.repeat(2**nd))
+    b, sizes = x.shape[0], [int(v) for v in x.shape[2:]]
+    y = y.reshape(b, *(2,) * nd, cout, *sizes)  # (B, r_0 .. r_{d-1}, C, n_0 .. n_{d-1})
+    order = [0, nd + 1] + [v for a in range(nd) for v in (nd + 2 + a, 1 + a)]  # (B, C, n_0, r_0, n_1, r_1, ..)
+    return y.permute(order).reshape(b, cout, *(2 * n for n in sizes))
 
 
 class SearchableCell(nn.Module):
@@ -198,7 +247,8 @@ class SearchableCell(nn.Module):
             if len(ops) != 1:
                 raise RuntimeError("a cell with several candidate ops needs mixture weights")
             return ops[0](x)
-        if self.fuse and self._fused_taps and x[:, 0].numel() >= FUSE_MIN_VOXELS_PER_TAP * self._fused_taps:
+        if self.fuse and self._fused_taps \
+                and x[:, 0].numel() >= FUSE_MIN_VOXELS_PER_TAP[x.ndim - 2] * self._fused_taps:
             return fused_mixture(ops, weights, x)
         out = weights[0] * ops[0](x)
         for w, op in zip(weights[1:], ops[1:]):

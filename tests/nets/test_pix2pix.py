@@ -11,6 +11,7 @@ from segsynth.nets.pix2pix import (
     SearchableCell,
     auto_disc_layers,
     auto_num_downs,
+    conv_transpose_by_phases,
     make_down_op,
     make_up_op,
 )
@@ -139,16 +140,17 @@ def test_auto_sizes():
 
 @pytest.mark.parametrize("nd,shape", [(2, (8, 6)), (2, (7, 5)), (3, (4, 4, 2))])
 @pytest.mark.parametrize("kind", ["down", "up"])
-def test_fused_mixture_equals_the_sum_of_candidate_ops(monkeypatch, nd, shape, kind):
+@pytest.mark.parametrize("cout", [4, 6])  # up cells: <= PHASE_MAX_OUT_CHANNELS by phases, else conv_transpose
+def test_fused_mixture_equals_the_sum_of_candidate_ops(monkeypatch, nd, shape, kind, cout):
     """The fused cell (one convolution with the mixed kernel) computes the mixture and its gradients exactly."""
     import segsynth.nets.pix2pix as p2p
 
-    monkeypatch.setattr(p2p, "FUSE_MIN_VOXELS_PER_TAP", 0)  # fuse even these tiny inputs
+    monkeypatch.setattr(p2p, "FUSE_MIN_VOXELS_PER_TAP", {2: 0, 3: 0})  # fuse even these tiny inputs
     if kind == "down" and any(s % 2 for s in shape):
         return  # down cells take even sizes (the generator pads to a multiple of 2**num_downs)
     torch.manual_seed(0)
     names, make = (DOWN_OPS, make_down_op) if kind == "down" else (UP_OPS, make_up_op)
-    cell = SearchableCell({n: make(n, nd, 3, 4) for n in names}).double()
+    cell = SearchableCell({n: make(n, nd, 3, cout) for n in names}).double()
     assert cell.fuse
     for op in cell.modules():
         if isinstance(op, torch.nn.modules.conv._ConvNd):
@@ -166,6 +168,29 @@ def test_fused_mixture_equals_the_sum_of_candidate_ops(monkeypatch, nd, shape, k
     assert torch.allclose(outs[0], outs[1], atol=1e-12)
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("k,left", [(6, 2), (4, 1), (2, 0), (5, 2), (3, 1), (6, 3), (4, 0)])
+def test_conv_transpose_by_phases_is_the_cropped_transposed_convolution(nd, k, left):
+    """One convolution over 2^d phases + a shuffle = conv_transpose(stride 2) cropped to [left, left + 2n), also
+    where that window runs past the transposed convolution's output (zeros there); gradients too."""
+    g = torch.Generator().manual_seed(k * 10 + left)
+    x = torch.randn(2, 3, *(5, 4, 3)[:nd], dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(3, 2, *(k,) * nd, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, generator=g, requires_grad=True)
+    full = (F.conv_transpose2d if nd == 2 else F.conv_transpose3d)(x, w, b, stride=2)
+    n = [2 * s for s in x.shape[2:]]
+    short = [max(0, left + v - int(full.shape[2 + a])) for a, v in enumerate(n)]
+    full = F.pad(full, [q for a in reversed(range(nd)) for q in (0, short[a])])
+    ref = full[(slice(None), slice(None)) + tuple(slice(left, left + v) for v in n)]
+    out = conv_transpose_by_phases(x, w, b, left)
+    assert out.shape == ref.shape == (2, 2, *n)
+    assert torch.allclose(out, ref, atol=1e-12)
+    weight = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    for a, c in zip(torch.autograd.grad((ref * weight).sum(), [x, w, b]),
+                    torch.autograd.grad((out * weight).sum(), [x, w, b])):
+        assert torch.allclose(a, c, atol=1e-12)
 
 
 def test_fused_generator_matches_unfused_generator():

@@ -71,7 +71,7 @@ def test_fused_cells_change_nothing_but_float_rounding_in_the_hypergradient(monk
     import segsynth.nets.pix2pix as p2p
     from segsynth.generators.genseg.hypergradient import architecture_hypergradient
 
-    monkeypatch.setattr(p2p, "FUSE_MIN_VOXELS_PER_TAP", 0)
+    monkeypatch.setattr(p2p, "FUSE_MIN_VOXELS_PER_TAP", {2: 0, 3: 0})
     grads = []
     for fuse in (True, False):
         hook, _ = _hook(fused_cells=fuse)
