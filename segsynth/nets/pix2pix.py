@@ -147,9 +147,11 @@ FUSE_MIN_VOXELS_PER_TAP: dict[int, float] = {2: 12, 3: 1}
 # A stride-2 transposed convolution with few output channels (the generator's image cell: 1 or 3) leaves
 # oneDNN's channel vectors mostly empty; the same sums as ONE convolution over the input with 2^d x C_out output
 # channels (one per output phase, ``conv_transpose_by_phases``) fill them and skip the cropped border. Measured on
-# 2 CPU cores, forward + backward: 3D 16 -> 1 channels at 24x32x24, batch 4: 77 -> 20 ms; 2D 32 -> 1 at 64², batch
-# 8: 14.4 -> 6.6 ms; with 8 or more output channels it was as fast or slower (3D 64 -> 32: 5.6 -> 11.5 ms).
-PHASE_MAX_OUT_CHANNELS = 4
+# 2 CPU cores, forward + backward: 3D 16 -> 1 channels at 24x32x24, batch 4: 77 -> 20 ms; with 8 or more output
+# channels it was as fast or slower (3D 64 -> 32: 5.6 -> 11.5 ms). In 2D the cell alone gained (32 -> 1 at 64²,
+# batch 8: 14.4 -> 6.6 ms) but the whole generator did not (64² RGB, batch 4, forward + backward: 147 against
+# 149 ms), so 2D keeps the transposed convolution and its runs their float rounding. Per spatial dims.
+PHASE_MAX_OUT_CHANNELS: dict[int, int] = {2: 0, 3: 4}
 
 
 def fused_mixture(ops: Sequence[nn.Module], weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +182,7 @@ def fused_mixture(ops: Sequence[nn.Module], weights: torch.Tensor, x: torch.Tens
             out = conv(F.pad(x, [left, pad_right] * nd), kernel, bias, stride=stride)
         return out[(slice(None), slice(None)) + tuple(slice(0, n) for n in n_out)]
     n_out = [(n - 1) * stride - 2 * l0 + k0 for n in x.shape[2:]]
-    if stride == 2 and kernel.shape[1] <= PHASE_MAX_OUT_CHANNELS and n_out == [2 * n for n in x.shape[2:]]:
+    if stride == 2 and kernel.shape[1] <= PHASE_MAX_OUT_CHANNELS[nd] and n_out == [2 * n for n in x.shape[2:]]:
         return conv_transpose_by_phases(x, kernel, bias, left)
     conv_t = F.conv_transpose2d if nd == 2 else F.conv_transpose3d
     out = conv_t(x, kernel, bias, stride=stride)

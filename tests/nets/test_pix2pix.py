@@ -140,12 +140,14 @@ def test_auto_sizes():
 
 @pytest.mark.parametrize("nd,shape", [(2, (8, 6)), (2, (7, 5)), (3, (4, 4, 2))])
 @pytest.mark.parametrize("kind", ["down", "up"])
-@pytest.mark.parametrize("cout", [4, 6])  # up cells: <= PHASE_MAX_OUT_CHANNELS by phases, else conv_transpose
-def test_fused_mixture_equals_the_sum_of_candidate_ops(monkeypatch, nd, shape, kind, cout):
+@pytest.mark.parametrize("phases", [True, False])  # up cells: by output phases, or conv_transpose + crop
+def test_fused_mixture_equals_the_sum_of_candidate_ops(monkeypatch, nd, shape, kind, phases):
     """The fused cell (one convolution with the mixed kernel) computes the mixture and its gradients exactly."""
     import segsynth.nets.pix2pix as p2p
 
     monkeypatch.setattr(p2p, "FUSE_MIN_VOXELS_PER_TAP", {2: 0, 3: 0})  # fuse even these tiny inputs
+    monkeypatch.setattr(p2p, "PHASE_MAX_OUT_CHANNELS", {2: 4, 3: 4} if phases else {2: 0, 3: 0})
+    cout = 4
     if kind == "down" and any(s % 2 for s in shape):
         return  # down cells take even sizes (the generator pads to a multiple of 2**num_downs)
     torch.manual_seed(0)
@@ -206,3 +208,23 @@ def test_fused_generator_matches_unfused_generator():
             m.fuse = False
     plain = net(x, torch.Generator().manual_seed(0))
     assert torch.allclose(fused, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("nd,shape", [(2, (32, 32)), (3, (16, 16, 16))])
+def test_image_cell_runs_by_phases_in_3d_only(monkeypatch, nd, shape):
+    """The defaults: the 3D generator's fused image cell (1 output channel) runs as one convolution over its output
+    phases (measured faster there), the 2D one as conv_transpose + crop (no gain measured in the whole 2D net);
+    both give the op-by-op mixture."""
+    import segsynth.nets.pix2pix as p2p
+
+    calls = []
+    real = p2p.conv_transpose_by_phases
+    monkeypatch.setattr(p2p, "conv_transpose_by_phases", lambda *a: calls.append(a[1].shape) or real(*a))
+    net = Pix2PixGenerator(nd, 3, 1, num_downs=2, **SMALL)
+    with torch.no_grad():
+        net.alpha_up.normal_()
+    x = _onehot(shape)
+    fused = net(x)
+    assert [tuple(s[1:2]) for s in calls] == ([(1,)] if nd == 3 else [])
+    net.set_fused(False)
+    assert torch.allclose(fused, net(x), atol=1e-5)
