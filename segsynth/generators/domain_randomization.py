@@ -39,6 +39,7 @@ from segsynth.data.transforms import RandomSpatial, warp_labels
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.base import Method, MethodContext
 from segsynth.utils.files import atomic_path, write_json
+from segsynth.utils.labels import class_argmax
 from segsynth.utils.seed import derive_seed, torch_generator
 
 
@@ -133,7 +134,7 @@ class DomainRandomizer:
         y = mask.long() if grid is None else warp_labels(mask.long(), grid, num_classes)
         # intensity labels: foreground k -> k-1, background region r -> K-1+r
         if self.background_classes > 1:
-            regions = _smooth_field(shape, self.background_classes, 4, params["region_seed"]).argmax(0)
+            regions = class_argmax(_smooth_field(shape, self.background_classes, 4, params["region_seed"]), 0)
         else:
             regions = torch.zeros(shape, dtype=torch.long)
         lab = torch.where(y > 0, y - 1, num_classes - 1 + regions.to(y.device))

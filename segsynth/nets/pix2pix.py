@@ -150,7 +150,8 @@ FUSE_MIN_VOXELS_PER_TAP: dict[int, float] = {2: 12, 3: 1}
 # 2 CPU cores, forward + backward: 3D 16 -> 1 channels at 24x32x24, batch 4: 77 -> 20 ms; with 8 or more output
 # channels it was as fast or slower (3D 64 -> 32: 5.6 -> 11.5 ms). In 2D the cell alone gained (32 -> 1 at 64²,
 # batch 8: 14.4 -> 6.6 ms) but the whole generator did not (64² RGB, batch 4, forward + backward: 147 against
-# 149 ms), so 2D keeps the transposed convolution and its runs their float rounding. Per spatial dims.
+# 149 ms), so 2D keeps the transposed convolution and its runs their float rounding. Per spatial dims;
+# CPU only (on a GPU the transposed convolution stays: not measured there).
 PHASE_MAX_OUT_CHANNELS: dict[int, int] = {2: 0, 3: 4}
 
 
@@ -182,7 +183,8 @@ def fused_mixture(ops: Sequence[nn.Module], weights: torch.Tensor, x: torch.Tens
             out = conv(F.pad(x, [left, pad_right] * nd), kernel, bias, stride=stride)
         return out[(slice(None), slice(None)) + tuple(slice(0, n) for n in n_out)]
     n_out = [(n - 1) * stride - 2 * l0 + k0 for n in x.shape[2:]]
-    if stride == 2 and kernel.shape[1] <= PHASE_MAX_OUT_CHANNELS[nd] and n_out == [2 * n for n in x.shape[2:]]:
+    if x.device.type == "cpu" and stride == 2 and kernel.shape[1] <= PHASE_MAX_OUT_CHANNELS[nd] \
+            and n_out == [2 * n for n in x.shape[2:]]:  # measured on CPU only
         return conv_transpose_by_phases(x, kernel, bias, left)
     conv_t = F.conv_transpose2d if nd == 2 else F.conv_transpose3d
     out = conv_t(x, kernel, bias, stride=stride)

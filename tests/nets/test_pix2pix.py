@@ -228,3 +228,17 @@ def test_image_cell_runs_by_phases_in_3d_only(monkeypatch, nd, shape):
     assert [tuple(s[1:2]) for s in calls] == ([(1,)] if nd == 3 else [])
     net.set_fused(False)
     assert torch.allclose(fused, net(x), atol=1e-5)
+
+
+def test_phase_image_cell_runs_under_bf16_autocast():
+    """The 3D generator (image cell by phases) under CPU bf16 autocast: bf16 out, close to fp32, alpha gets a
+    gradient."""
+    net = Pix2PixGenerator(3, 3, 1, num_downs=2, **SMALL)
+    x = _onehot((16, 16, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+    assert y.dtype == torch.bfloat16
+    y.float().mean().backward()
+    assert net.alpha_up.grad is not None and torch.isfinite(net.alpha_up.grad).all()
+    with torch.no_grad():
+        assert float((y.float() - net(x)).abs().max()) < 0.05
