@@ -141,7 +141,7 @@ def _fused_taps(ops: Sequence[nn.Module]) -> int:
 # that many (batch x spatial) input voxels the separate ops are cheaper (measured on CPU, 2D: deep 4x4 cells
 # were 2-3x slower fused, 32x32 cells 2-5x faster). Per spatial dims: in 3D the up-sampled candidates cost 8x
 # their input's voxels (2D: 4x), and fusing every cell of the 40x56x40 hippocampus generator (batch 4, deep cells
-# at 1-9 voxels per tap) took a GAN step from 408 to 325-330 ms on 2 CPU cores (2-3x faster in its 6x8x6 cells).
+# at 1-9 voxels per tap) took a GAN step from 408 to 325-330 ms on 2 CPU cores; 0 and 4 were as fast as 1.
 FUSE_MIN_VOXELS_PER_TAP: dict[int, float] = {2: 12, 3: 1}
 
 # A stride-2 transposed convolution with few output channels (the generator's image cell: 1 or 3) leaves
