@@ -147,12 +147,11 @@ def test_fused_mixture_equals_the_sum_of_candidate_ops(monkeypatch, nd, shape, k
 
     monkeypatch.setattr(p2p, "FUSE_MIN_VOXELS_PER_TAP", {2: 0, 3: 0})  # fuse even these tiny inputs
     monkeypatch.setattr(p2p, "PHASE_MAX_OUT_CHANNELS", {2: 4, 3: 4} if phases else {2: 0, 3: 0})
-    cout = 4
     if kind == "down" and any(s % 2 for s in shape):
         return  # down cells take even sizes (the generator pads to a multiple of 2**num_downs)
     torch.manual_seed(0)
     names, make = (DOWN_OPS, make_down_op) if kind == "down" else (UP_OPS, make_up_op)
-    cell = SearchableCell({n: make(n, nd, 3, cout) for n in names}).double()
+    cell = SearchableCell({n: make(n, nd, 3, 4) for n in names}).double()  # 4 outputs: phases reach it
     assert cell.fuse
     for op in cell.modules():
         if isinstance(op, torch.nn.modules.conv._ConvNd):
