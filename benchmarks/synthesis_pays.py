@@ -119,6 +119,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                                     **_LEARNED_3D}),
     "learned_aug_ma_fm": ("fixmatch", {"labelled": "learned", "augment_real": True, "real_fraction": 0.5,
                                        "atlases": "all", **_LEARNED_3D}),
+    # brainSPADE's image generator (SPADE VAE-GAN with a style encoder) on the real masks: half of each batch
+    # real, half synthetic (500 pairs drawn once, each mask painted with the style code of another training
+    # image), both streams classically augmented; 1,000 GAN steps, as separate_aug's Pix2Pix had
+    "spade_aug": ("spade", {"mode": "mixed", "augment_real": True, "real_weight": 0.5, "spade_steps": 1000}),
+    # + the segmentation term in SPADE's objective (a U-Net trained 200 steps on the real pairs must find each
+    # generated image's label map; weight 2, the weight genseg_aug_seg was measured with)
+    "spade_aug_seg": ("spade", {"mode": "mixed", "augment_real": True, "real_weight": 0.5, "spade_steps": 1000,
+                                "lambda_seg": 2.0}),
     # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
     # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     "augment_bf16": ("augment", {"precision": "bf16"}),
@@ -380,8 +388,9 @@ def sweep_stage(a: argparse.Namespace) -> Path:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
         # a setting vs the variant without it: a suffix, or the segmentation term inside the name
-        without = [v.removesuffix(s) for s in ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma", "_ae16", "_wf")]
-        for base in [*without, v.replace("_seg_", "_", 1)]:
+        suffixes = ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma", "_ae16", "_wf", "_seg")
+        without = [v.removesuffix(s) for s in suffixes]
+        for base in dict.fromkeys([*without, v.replace("_seg_", "_", 1)]):
             if base != v and base in a.variants:
                 comparisons += paired(records, v, base)
         if v.endswith("_fm") and "fixmatch" in a.variants:  # a combination against its semi-supervised part
