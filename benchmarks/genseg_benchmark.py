@@ -76,7 +76,7 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
 
         test_data = shifted_copy(shared("jsrt_lungs"), RESULTS / "_jsrt_shifted_data")
     return SweepConfig(data=shared(folder), out=RESULTS / tag, methods=a.methods, n_values=[n_train],
-                       seeds=list(range(a.seeds)), test_data=test_data, n_val=n_val,
+                       seeds=list(range(getattr(a, "first_seed", 0), a.seeds)), test_data=test_data, n_val=n_val,
                        n_test=a.n_test if a.n_test is not None else default_test, segmenter=a.segmenter,
                        segmenter_kwargs=seg_kw, spec=spec, train=train, method_options=opts, device=a.device,
                        title=f"GenSeg on {a.name}: {n_train} train + {n_val} val labels, {a.seeds} seeds")

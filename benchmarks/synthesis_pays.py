@@ -43,6 +43,7 @@ from common import RESULTS, paired, write_summary  # noqa: E402
 from genseg_benchmark import DATASETS, dice_plot, sweep_config  # noqa: E402
 from learned_transforms_benchmark import SCALES as LT_SCALES  # noqa: E402
 
+from segsynth.experiments.fidelity_report import block_edges  # noqa: E402
 from segsynth.experiments.sweep import print_summary, run_sweep  # noqa: E402
 
 #: learned transforms at the sizes of learned_transforms_benchmark.py's 3D part (its medium scale)
@@ -127,6 +128,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # generated image's label map; weight 2, the weight genseg_aug_seg was measured with)
     "spade_aug_seg": ("spade", {"mode": "mixed", "augment_real": True, "real_weight": 0.5, "spade_steps": 1000,
                                 "lambda_seg": 2.0}),
+    # the two above with the decoder up-sampling bilinearly between SPADE blocks instead of by nearest neighbour
+    # (MONAI's default draws 8- and 16-pixel squares at 64², which 1,000 steps do not smooth away)
+    "spade_aug_lin": ("spade", {"mode": "mixed", "augment_real": True, "real_weight": 0.5, "spade_steps": 1000,
+                                "upsampling": "linear"}),
+    "spade_aug_seg_lin": ("spade", {"mode": "mixed", "augment_real": True, "real_weight": 0.5, "spade_steps": 1000,
+                                    "lambda_seg": 2.0, "upsampling": "linear"}),
     # the same recipes trained under bf16 autocast (issue 12: is Dice unchanged?); for GenSeg that covers the
     # segmenter, the GAN steps and the rendering of synthetic pairs (the architecture's hypergradient stays fp32)
     "augment_bf16": ("augment", {"precision": "bf16"}),
@@ -277,7 +284,7 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
     data, _, _ = load_for_sweep(cfg)
     n, k, cpu = cfg.n_values[0], data.info.num_classes, torch.device("cpu")
     out: dict[str, list[dict[str, Any]]] = {}
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.seeds):
         split = split_cases(data.cases, n_train=n, n_val=cfg.n_val, seed=seed, n_test=cfg.n_test)
         train = first_n(split.train, n)
         reference = None
@@ -379,8 +386,9 @@ def sweep_stage(a: argparse.Namespace) -> Path:
         cfg.train = dataclasses.replace(cfg.train, precision=precision)
         if extra:
             cfg.method_options.setdefault(method, {}).update(extra)
-        for r in run_sweep(cfg):
-            records.append({**r, "method": variant})
+        for r in run_sweep(cfg):  # results.jsonl may hold more splits than this call's (copied in, or run later)
+            if r.get("seed") in cfg.seeds:
+                records.append({**r, "method": variant})
     out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
     print_summary(records, out)
     comparisons = []
@@ -388,7 +396,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
         if v != "augment" and "augment" in a.variants:
             comparisons += paired(records, v, "augment")
         # a setting vs the variant without it: a suffix, or the segmentation term inside the name
-        suffixes = ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma", "_ae16", "_wf", "_seg")
+        suffixes = ("_fast", "_bf16", "_xm", "_su50", "_fm", "_gp", "_ma", "_ae16", "_wf", "_seg", "_lin")
         without = [v.removesuffix(s) for s in suffixes]
         for base in dict.fromkeys([*without, v.replace("_seg_", "_", 1)]):
             if base != v and base in a.variants:
@@ -403,7 +411,8 @@ def sweep_stage(a: argparse.Namespace) -> Path:
                                               {**record_fidelity(records), **sweep_fidelity(a)})
     for v, rows in config["label_fidelity"].items():
         print(f"{v}: label fidelity {np.mean([r['synthetic_mean'] for r in rows]):.3f} vs real validation "
-              f"{np.mean([r['real_val_mean'] for r in rows]):.3f} (ratio {np.mean([r['ratio'] for r in rows]):.2f})")
+              f"{np.mean([r['real_val_mean'] for r in rows]):.3f} (ratio {np.mean([r['ratio'] for r in rows]):.2f}); "
+              f"block edges {block_edges(rows)}")
     try:
         from segsynth.experiments.verdict import verdict_sentences
 
@@ -450,6 +459,9 @@ def main() -> None:
     p.add_argument("--n-pairs", type=int, default=32, help="fidelity stage: generated pairs measured")
     # the GenSeg benchmark's flags (same defaults)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run (and compare) only the splits first-seed .. seeds-1, e.g. a new variant on the "
+                        "splits an earlier call ran on this machine")
     p.add_argument("--size", type=int, default=None)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=None)

@@ -33,6 +33,7 @@ import torch
 
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.evaluate.metrics import case_metrics
+from segsynth.evaluate.quality import grid_report
 from segsynth.segment.inference import predict, predict_many
 from segsynth.utils.seed import derive_seed, torch_generator
 
@@ -232,6 +233,10 @@ def method_fidelity(method: Any, ctx: Any, reference: torch.nn.Module, *, n_pair
     syn = label_fidelity(reference, pairs, num_classes=k, device=ctx.device, patch_size=patch)
     real = label_fidelity(reference, ctx.val, num_classes=k, device=ctx.device, patch_size=patch) if ctx.val else []
     out: dict[str, Any] = {**fidelity_summary(syn, real), "reference": REFERENCE_METHOD}
+    # block artefacts of the generated images against the real training images (those of the same shape)
+    same = [c for c in ctx.train or [] if pairs and c.image.shape == pairs[0].image.shape]
+    if same and all(p.image.shape == pairs[0].image.shape for p in pairs):
+        out["grid_energy"] = grid_report(same, pairs)
     if keep_scores:
         out["scores"] = [round(s, 4) for s in syn]
         out["real_val_scores"] = [round(s, 4) for s in real]

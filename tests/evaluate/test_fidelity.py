@@ -93,6 +93,8 @@ def test_method_fidelity_field_and_montage(tmp_path):
     assert 0.5 < f["synthetic_mean"] < 1.0 and set(f["scores"]) == {0.0, 1.0}
     assert f["ratio"] == pytest.approx(f["synthetic_mean"])
     assert (tmp_path / "m.png").stat().st_size > 1000 and f["montage"].endswith("m.png")
+    grid = f["grid_energy"]  # block artefacts of the synthetic images against the training image, 16² images
+    assert grid["periods"] == [2, 4, 8] and len(grid["real"]) == len(grid["synthetic"]) == 3
 
 
 def _blob_ctx(tmp_path, seed=0):

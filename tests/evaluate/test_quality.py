@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from segsynth.data.case import Case
+from segsynth.errors import DataError
 from segsynth.evaluate.quality import (
     RandomConvEncoder,
     SegmenterEncoder,
     diversity,
     extract_features,
     frechet_distance,
+    grid_energy,
+    grid_report,
     pairwise_ssim,
     quality_report,
 )
@@ -72,3 +75,32 @@ def test_segmenter_encoder_gives_features():
     feats = extract_features(_cases("r", range(3)), enc)
     assert feats.shape[0] == 3 and torch.isfinite(feats).all()
     assert "conv_0" in enc.description
+
+
+def _upsampled(mode: str, factor: int = 8, n: int = 6, size: int = 64) -> torch.Tensor:
+    coarse = torch.rand(n, 1, size // factor, size // factor, generator=torch.Generator().manual_seed(0))
+    fine = torch.nn.functional.interpolate(coarse, scale_factor=factor, mode=mode)
+    return fine + 0.01 * torch.rand(fine.shape, generator=torch.Generator().manual_seed(1))
+
+
+def test_grid_energy_finds_nearest_blocks_at_their_size_only():
+    blocks, smooth = _upsampled("nearest"), _upsampled("bilinear")
+    assert grid_energy(blocks, 8) > 5  # steps only across the 8-pixel cells' edges
+    assert grid_energy(blocks, 16) > 5  # every 16-pixel line is also an 8-pixel line
+    assert 0.8 < grid_energy(smooth, 8) < 1.25
+    assert 0.8 < grid_energy(_cases("r", range(4), shape=(64, 64)), 8) < 1.25  # blob images: no grid
+    report = grid_report(smooth, blocks)
+    assert report["periods"] == [2, 4, 8, 16]
+    assert report["synthetic"][2] > 5 > 1.25 > report["real"][2]
+    # 3D volumes: every spatial axis counts
+    vol = torch.nn.functional.interpolate(torch.rand(2, 1, 4, 4, 4, generator=torch.Generator().manual_seed(2)),
+                                          scale_factor=4, mode="nearest")
+    assert grid_energy(vol + 0.01 * torch.rand(vol.shape), 4) > 5
+
+
+def test_grid_energy_refuses_grids_the_images_cannot_hold():
+    with pytest.raises(DataError, match="too small"):
+        grid_energy(torch.zeros(2, 1, 8, 8), 8)
+    with pytest.raises(DataError, match=">= 2"):
+        grid_energy(torch.zeros(2, 1, 8, 8), 1)
+    assert grid_report(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8))["periods"] == [2, 4]

@@ -71,3 +71,18 @@ def test_cli_fidelity_flags():
 
 def test_fidelity_section_is_empty_without_fields(tmp_path):
     assert fidelity_section([{"method": "none", "status": "ok"}], tmp_path) == ""
+
+
+def test_fidelity_section_shows_the_worst_block_edges(tmp_path):
+    def rec(seed, syn8):
+        return {"method": "spade", "status": "ok", "dataset": "d", "n_train": 4, "seed": seed,
+                "label_fidelity": {"synthetic_mean": 0.8, "synthetic_median": 0.8, "real_val_mean": 0.9,
+                                   "ratio": 0.89, "n_synthetic": 10, "n_real": 2,
+                                   "grid_energy": {"periods": [2, 4, 8], "real": [1.0, 1.0, 1.0],
+                                                   "synthetic": [1.1, 1.0, syn8]}}}
+
+    html = fidelity_section([rec(0, 1.5), rec(1, 1.3)], tmp_path, img_tag=lambda p, alt: "")
+    assert "block edges" in html and "1.40× at 8 px" in html
+    no_grid = rec(0, 1.0)
+    del no_grid["label_fidelity"]["grid_energy"]
+    assert "<td>—</td>" in fidelity_section([no_grid], tmp_path, img_tag=lambda p, alt: "")

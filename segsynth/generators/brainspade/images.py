@@ -45,6 +45,9 @@ from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
 
+#: decoder up-sampling: the option's value -> torch's interpolation mode per spatial dims
+UPSAMPLING_MODES = {"nearest": {2: "nearest", 3: "nearest"}, "linear": {2: "bilinear", 3: "trilinear"}}
+
 #: options of the segmentation term (left out of the checkpoint fingerprint while the term is off)
 SEG_OPTIONS = ("lambda_seg", "seg_steps", "seg_cotrain", "seg_model")
 
@@ -81,6 +84,10 @@ class ImageGenerator:
         seg_steps: training steps of that U-Net (classical augmentation) before the GAN.
         seg_cotrain: keep training it on augmented real pairs, one step per GAN step, instead of freezing it.
         seg_model: folder of a saved segsynth segmenter to use instead (e.g. the ``augment`` model of the split).
+        upsampling: how the decoder doubles its feature maps between SPADE blocks: ``"nearest"`` (MONAI's
+            default, brainSPADE's) or ``"linear"`` (bilinear in 2D, trilinear in 3D). Nearest copies each cell
+            of the coarse maps (4² and 8² at 64²) into a block that the few convolutions after it must smooth
+            away, which short fits leave as a grid of 8- and 16-pixel squares; linear does not draw it.
     """
 
     name: ClassVar[str] = "spade"
@@ -96,11 +103,14 @@ class ImageGenerator:
                  spade_batch_size: int = 8, lr_g: float = 1e-4, lr_d: float = 4e-4, augment: bool = True,
                  style_other_slice: bool = True, target_style_prob: float = 0.5, style_noise: float = 1.0,
                  sample_batch_size: int = 16, progress: bool = True, lambda_seg: float = 0.0, seg_steps: int = 200,
-                 seg_cotrain: bool = False, seg_model: str | None = None, precision: str = "fp32"):
+                 seg_cotrain: bool = False, seg_model: str | None = None, precision: str = "fp32",
+                 upsampling: str = "nearest"):
         self.config = _init_args(ImageGenerator.__init__, locals())
         check_precision(precision, "precision")
         if spatial_dims not in (2, 3):
             raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if upsampling not in UPSAMPLING_MODES:
+            raise ConfigError(f"upsampling must be one of {sorted(UPSAMPLING_MODES)}, not {upsampling!r}")
         if spade_batch_size < 2:
             raise ConfigError("spade_batch_size must be >= 2 (batch norm in the discriminator, contrastive loss)")
         if num_layers_d > 2:
@@ -140,7 +150,8 @@ class ImageGenerator:
                                 out_channels=c["in_channels"], label_nc=self.num_classes,
                                 input_shape=list(self.image_size), channels=[int(v) for v in c["spade_channels"]],
                                 z_dim=c["z_dim"], is_vae=True, spade_intermediate_channels=c["spade_hidden"],
-                                last_act=None)
+                                last_act=None,
+                                upsampling_mode=UPSAMPLING_MODES[c["upsampling"]][c["spatial_dims"]])
 
     def _build_classifier(self, seed: int, n_domains: int) -> torch.nn.Module:
         from monai.networks.nets import Classifier
@@ -194,6 +205,7 @@ class ImageGenerator:
         target_dom = torch.tensor([self.domains.index(domain_of(x, "target")) for x in target]) if target else None
 
         seg_off = set() if c["lambda_seg"] > 0 else set(SEG_OPTIONS)  # keeps older checkpoints valid
+        seg_off |= {"upsampling"} if c["upsampling"] == "nearest" else set()  # so does the default up-sampling
         ckpt = FitCheckpoint(checkpoint_dir, _fit_key("ImageGenerator", c, set(self.sampling_options) | seg_off, seed,
                                                       images, masks, partners, self.domains, target_images,
                                                       target_dom), checkpoint_every)
