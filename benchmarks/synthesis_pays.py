@@ -438,7 +438,7 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(DATASETS))
     p.add_argument("--stage", choices=["fidelity", "sweep"], required=True)
@@ -488,7 +488,11 @@ def main() -> None:
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of every generator variant, over the variant's own (JSON value, else text); "
                         "e.g. --opt reg_steps=20 for a smoke run (repeatable)")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     a.opt = dict(_key_value(o) for o in a.opt)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -25,7 +25,7 @@ Scores (``quality_report``)
   = synthetic / real (about 1 = as varied as the real images, well below 1 = mode collapse).
 * ``ssim_*``: mean SSIM (MONAI) of random pairs of images within a set (lower = more diverse).
 * ``grid_energy``: per grid period P (2, 4, 8, 16 pixels), how much the images look built of P-pixel blocks
-  (``grid_energy``): about 1 for real images, above 1 when a generator's coarse feature maps show through.
+  (``grid_energy``): about 1 for real images; away from 1 when a generator's coarse feature maps show through.
 """
 
 from __future__ import annotations
@@ -149,8 +149,9 @@ def grid_energy(images: ImageSet, period: int) -> float:
     The mean absolute step between neighbouring pixels *across* the lines of a ``period``-pixel grid (between
     index ``k·period − 1`` and ``k·period``), divided by the mean step everywhere else, along every spatial axis.
     Natural images score about 1 at every period; images whose decoder up-sampled coarse maps by nearest
-    neighbour (each cell copied into a block) score above 1 at the blocks' size. It sees block *edges*, not a
-    period-2 checkerboard (whose steps are equal everywhere).
+    neighbour (each cell copied into a block) score above 1 at the blocks' size. A convolution after a nearest ×2
+    up-sampling can also turn it below 1 at 2 pixels: with a small centre weight its output steps more inside a
+    copied pair than across pairs. A period-2 checkerboard whose steps are equal everywhere scores 1.
     """
     if period < 2:
         raise DataError(f"a grid period must be >= 2 pixels, not {period}")

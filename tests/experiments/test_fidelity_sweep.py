@@ -83,6 +83,9 @@ def test_fidelity_section_shows_the_worst_block_edges(tmp_path):
 
     html = fidelity_section([rec(0, 1.5), rec(1, 1.3)], tmp_path, img_tag=lambda p, alt: "")
     assert "block edges" in html and "1.40× at 8 px" in html
+    inside = rec(0, 1.0)
+    inside["label_fidelity"]["grid_energy"]["synthetic"][0] = 0.6  # steps inside 2-pixel cells: below 1
+    assert "0.60× at 2 px" in fidelity_section([inside], tmp_path, img_tag=lambda p, alt: "")
     no_grid = rec(0, 1.0)
     del no_grid["label_fidelity"]["grid_energy"]
     assert "<td>—</td>" in fidelity_section([no_grid], tmp_path, img_tag=lambda p, alt: "")
