@@ -83,7 +83,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
     rows = out["rows"]
     if rows:
         periods = rows[0]["periods"]
-        series = {"real training images": [r["real"] for r in rows]}
+        series = {"real training images": list({r["seed"]: r["real"] for r in rows}.values())}  # one per split
         for v in dict.fromkeys(r["variant"] for r in rows):
             series[v] = [r["synthetic"] for r in rows if r["variant"] == v]
         width = 0.8 / len(series)

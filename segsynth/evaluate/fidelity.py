@@ -212,6 +212,16 @@ def synthetic_source_of(method: Any, ctx: Any) -> Any | None:
     return fn(ctx) if callable(fn) else None
 
 
+def grid_field(real: Sequence[Case], synthetic: Sequence[Case]) -> dict[str, Any]:
+    """``{"grid_energy": ...}``: block artefacts of the synthetic images (``segsynth.evaluate.quality.grid_report``)
+    against the real images of the same shape; ``{}`` when the synthetic images differ in shape or no real one
+    matches them."""
+    if not synthetic or any(c.image.shape != synthetic[0].image.shape for c in synthetic):
+        return {}
+    same = [c for c in real if c.image.shape == synthetic[0].image.shape]
+    return {"grid_energy": grid_report(same, synthetic)} if same else {}
+
+
 def method_fidelity(method: Any, ctx: Any, reference: torch.nn.Module, *, n_pairs: int = 100,
                     montage: str | Path | None = None, keep_scores: bool = True,
                     source: Any = None) -> dict[str, Any] | None:
@@ -233,10 +243,7 @@ def method_fidelity(method: Any, ctx: Any, reference: torch.nn.Module, *, n_pair
     syn = label_fidelity(reference, pairs, num_classes=k, device=ctx.device, patch_size=patch)
     real = label_fidelity(reference, ctx.val, num_classes=k, device=ctx.device, patch_size=patch) if ctx.val else []
     out: dict[str, Any] = {**fidelity_summary(syn, real), "reference": REFERENCE_METHOD}
-    # block artefacts of the generated images against the real training images (those of the same shape)
-    same = [c for c in ctx.train or [] if pairs and c.image.shape == pairs[0].image.shape]
-    if same and all(p.image.shape == pairs[0].image.shape for p in pairs):
-        out["grid_energy"] = grid_report(same, pairs)
+    out.update(grid_field(ctx.train or [], pairs))
     if keep_scores:
         out["scores"] = [round(s, 4) for s in syn]
         out["real_val_scores"] = [round(s, 4) for s in real]
@@ -376,7 +383,7 @@ def audit_fidelity(synthetic: Sequence[Case], real: Sequence[Case], info: Datase
     montage = save_montage(reference, syn, syn_scores, out / "fidelity_least_faithful.png", num_classes=k,
                            device=dev, patch_size=patch_size, title="least faithful synthetic pairs")
     result = {**summary, "reference": str(model_dir) if model_dir else str(out / "reference" / "model"),
-              "montage": str(montage),
+              "montage": str(montage), **grid_field(labelled, syn),
               "pairs": [{"case_id": c.case_id, "dice": s} for c, s in zip(syn, syn_scores)],
               "real": [{"case_id": c.case_id, "dice": s} for c, s in zip(yardstick, real_scores)]}
     write_json(out / "fidelity.json", result)
@@ -387,7 +394,15 @@ def format_fidelity(summary: dict[str, Any]) -> str:
     """One line for the terminal."""
     return (f"label fidelity: synthetic {summary['synthetic_mean']:.3f} (median {summary['synthetic_median']:.3f}, "
             f"{summary['n_synthetic']} pairs) vs real validation {summary['real_val_mean']:.3f} "
-            f"({summary['n_real']} cases): ratio {summary['ratio']:.2f}")
+            f"({summary['n_real']} cases): ratio {summary['ratio']:.2f}" + _grid_text(summary))
+
+
+def _grid_text(summary: dict[str, Any]) -> str:
+    g = summary.get("grid_energy")
+    if not g or not g.get("periods"):
+        return ""
+    cells = ", ".join(f"{p} px {s:.2f} ({r:.2f})" for p, s, r in zip(g["periods"], g["synthetic"], g["real"]))
+    return f"\n  grid energy, synthetic (real), 1 = no blocks: {cells}"
 
 
 #: label fidelity ratio (synthetic / real validation) below which generated pairs are called unfaithful; issue 11's

@@ -138,6 +138,10 @@ def test_audit_fidelity_with_saved_model(tmp_path):
     assert res["n_synthetic"] == 3 and res["n_real"] == 2 and len(res["pairs"]) == 3
     assert (tmp_path / "audit" / "fidelity.json").exists()
     assert (tmp_path / "audit" / "fidelity_least_faithful.png").exists()
+    assert res["grid_energy"]["periods"] == [2, 4, 8, 16] and len(res["grid_energy"]["synthetic"]) == 4
+    from segsynth.evaluate.fidelity import format_fidelity
+
+    assert "grid energy, synthetic (real)" in format_fidelity(res) and "16 px" in format_fidelity(res)
     from segsynth.errors import DataError
 
     with pytest.raises(DataError, match="no saved segmenter"):
