@@ -25,7 +25,7 @@ Scores (``quality_report``)
   = synthetic / real (about 1 = as varied as the real images, well below 1 = mode collapse).
 * ``ssim_*``: mean SSIM (MONAI) of random pairs of images within a set (lower = more diverse).
 * ``grid_energy``: per grid period P (2, 4, 8, 16 pixels), how much the images look built of P-pixel blocks
-  (``grid_energy``): about 1 for real images; away from 1 when a generator's coarse feature maps show through.
+  (``grid_report``): about 1 for real images; away from 1 when a generator's coarse feature maps show through.
 """
 
 from __future__ import annotations

@@ -86,8 +86,10 @@ class ImageGenerator:
         seg_model: folder of a saved segsynth segmenter to use instead (e.g. the ``augment`` model of the split).
         upsampling: how the decoder doubles its feature maps between SPADE blocks: ``"nearest"`` (MONAI's
             default, brainSPADE's) or ``"linear"`` (bilinear in 2D, trilinear in 3D). Nearest copies each cell
-            of the coarse maps (4² and 8² at 64²) into a block that the few convolutions after it must smooth
-            away, which short fits leave as a grid of 8- and 16-pixel squares; linear does not draw it.
+            of the coarse maps into a block; on Kvasir at 64² (1,000 steps) its images show a 2-pixel structure
+            and, in one split of three, 4-16 pixel blocks (``segsynth.evaluate.quality.grid_energy``). Linear
+            draws less of the 2-pixel structure but is smoother than real images across the coarse cells' lines,
+            and its pairs trained a worse segmenter there (−1.8 Dice; benchmarks/README.md), so nearest stays.
     """
 
     name: ClassVar[str] = "spade"
