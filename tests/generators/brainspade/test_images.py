@@ -97,3 +97,25 @@ def test_unknown_upsampling_is_refused():
 
     with pytest.raises(ConfigError, match="upsampling"):
         ImageGenerator(upsampling="cubic")
+
+
+def test_nearest_upsampling_leaves_the_fit_fingerprint_as_before(monkeypatch):
+    """Checkpoints written before the option existed resume: with the default (nearest) the option is left out of
+    the fit's fingerprint, so its key equals that of a configuration without it; linear changes the key."""
+    import segsynth.generators.brainspade.images as images_module
+    from tests.generators.brainspade.helpers import IMAGE_OPTS, _cases
+
+    keys = {}
+    real_key = images_module._fit_key
+
+    def spy(kind, config, not_fit, seed, *data):
+        before = {k: v for k, v in config.items() if k != "upsampling"}
+        keys[config["upsampling"]] = (real_key(kind, config, not_fit, seed, *data),
+                                      real_key(kind, before, not_fit, seed, *data))
+        return keys[config["upsampling"]][0]
+
+    monkeypatch.setattr(images_module, "_fit_key", spy)
+    for mode in ("nearest", "linear"):
+        ImageGenerator(**IMAGE_OPTS, upsampling=mode).fit(_cases(), seed=0)
+    assert keys["nearest"][0] == keys["nearest"][1]
+    assert keys["linear"][0] != keys["linear"][1] and keys["linear"][0] != keys["nearest"][0]
