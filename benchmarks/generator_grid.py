@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS  # noqa: E402
 from genseg_benchmark import sweep_config  # noqa: E402
-from synthesis_pays import VARIANTS, build_parser  # noqa: E402
+from synthesis_pays import VARIANTS, build_parser, sweep_dir  # noqa: E402
 
 from segsynth.evaluate.quality import GRID_PERIODS, grid_report  # noqa: E402
 
@@ -46,7 +46,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             flags += [flag, str(value)]
     sp = build_parser().parse_args(flags)
-    sweep = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
+    sweep = sweep_dir(a.name, a.tag)
     out: dict[str, Any] = {"sweep": sweep.name, "periods": list(GRID_PERIODS), "rows": []}
     data = None
     for variant in a.variants:

@@ -196,6 +196,11 @@ def fidelity_stage(a: argparse.Namespace) -> Path:
     return path
 
 
+def sweep_dir(name: str, tag: str) -> Path:
+    """The folder of a task's sweep: ``results/synthesis_pays_<name>[_<tag>]`` (one sub-folder per variant)."""
+    return RESULTS / f"synthesis_pays_{name}{'_' + tag if tag else ''}"
+
+
 def split_reference(a: argparse.Namespace, cfg: Any, data: Any, split: Any, seed: int) -> torch.nn.Module:
     """The ``augment`` reference segmenter of the split of ``seed``, the one the sweep's label fidelity uses (its
     key hashes the split, the training flags and the seed): a saved one is reused, this sweep's variants first,
@@ -205,7 +210,7 @@ def split_reference(a: argparse.Namespace, cfg: Any, data: Any, split: Any, seed
     from segsynth.generators.base import MethodContext
 
     n = cfg.n_values[0]
-    base = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
+    base = sweep_dir(a.name, a.tag)
     ctx = MethodContext(info=data.info, train=first_n(split.train, n), val=split.val, segmenter=cfg.segmenter,
                         segmenter_kwargs=dict(cfg.segmenter_kwargs),
                         train_config=dataclasses.replace(cfg.train, seed=seed), seed=seed, device=torch.device("cpu"),
@@ -219,7 +224,7 @@ def split_reference(a: argparse.Namespace, cfg: Any, data: Any, split: Any, seed
 def _write_fidelity(a: argparse.Namespace, out: dict[str, Any]) -> Path:
     from segsynth.utils.files import write_json
 
-    name = f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}_fidelity"
+    name = f"{sweep_dir(a.name, a.tag).name}_fidelity"
     path = RESULTS / f"{name}.json"
     write_json(path, {"benchmark": name, "flags": vars(a), **out})
     _fidelity_plot(out, RESULTS / f"{name}.png", a.name)
@@ -275,13 +280,14 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
     from segsynth.evaluate.fidelity import (
         draw_pairs,
         fidelity_summary,
+        grid_field,
         label_fidelity,
     )
     from segsynth.experiments.sweep import first_n, load_for_sweep, run_key
     from segsynth.generators.genseg import GeneratedSource, GenSegGenerator
 
     cfg = sweep_config(argparse.Namespace(**{**vars(a), "methods": ["augment"], "tag": ""}))
-    base = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
+    base = sweep_dir(a.name, a.tag)
     data, _, _ = load_for_sweep(cfg)
     n, k, cpu = cfg.n_values[0], data.info.num_classes, torch.device("cpu")
     out: dict[str, list[dict[str, Any]]] = {}
@@ -303,7 +309,8 @@ def sweep_fidelity(a: argparse.Namespace, n_pairs: int = 32) -> dict[str, list[d
             pairs = draw_pairs(GeneratedSource(gen, gen.source), n_pairs, seed=seed)
             syn = label_fidelity(reference, pairs, num_classes=k, device=cpu)
             real = label_fidelity(reference, split.val, num_classes=k, device=cpu)
-            out.setdefault(variant, []).append({"seed": seed, **fidelity_summary(syn, real)})
+            out.setdefault(variant, []).append({"seed": seed, **fidelity_summary(syn, real),
+                                                **grid_field(train, pairs)})
     return out
 
 
@@ -381,7 +388,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
             extra["seg_steps"] = a.seg_steps
         cfg = sweep_config(argparse.Namespace(**{**vars(a), "methods": [method], "tag": ""}))
         extra = {k: v.format(data=cfg.data) if isinstance(v, str) else v for k, v in extra.items()}
-        cfg.out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}" / variant
+        cfg.out = sweep_dir(a.name, a.tag) / variant
         share_references(cfg.out)
         cfg.report = False
         cfg.train = dataclasses.replace(cfg.train, precision=precision)
@@ -390,7 +397,7 @@ def sweep_stage(a: argparse.Namespace) -> Path:
         for r in run_sweep(cfg):  # results.jsonl may hold more splits than this call's (copied in, or run later)
             if r.get("seed") in cfg.seeds:
                 records.append({**r, "method": variant})
-    out = RESULTS / f"synthesis_pays_{a.name}{'_' + a.tag if a.tag else ''}"
+    out = sweep_dir(a.name, a.tag)
     print_summary(records, out)
     comparisons = []
     for v in a.variants:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from segsynth.errors import ConfigError
 from segsynth.generators.brainspade import (
     ImageGenerator,
     info_nce,
 )
-from tests.generators.brainspade.helpers import _target
+from tests.generators.brainspade.helpers import IMAGE_OPTS, _cases, _target
 
 
 def test_image_generator_trains_with_all_losses(fitted):
@@ -69,8 +71,6 @@ def test_image_generator_sampling_and_save_load(fitted, tmp_path):
 
 
 def test_linear_upsampling_reaches_the_decoder_and_survives_save_load(tmp_path):
-    from tests.generators.brainspade.helpers import IMAGE_OPTS, _cases
-
     cases = _cases()
     gen = ImageGenerator(**IMAGE_OPTS, upsampling="linear")
     gen.fit(cases, seed=0)
@@ -91,10 +91,6 @@ def test_linear_upsampling_reaches_the_decoder_and_survives_save_load(tmp_path):
 
 
 def test_unknown_upsampling_is_refused():
-    import pytest
-
-    from segsynth.errors import ConfigError
-
     with pytest.raises(ConfigError, match="upsampling"):
         ImageGenerator(upsampling="cubic")
 
@@ -103,7 +99,6 @@ def test_nearest_upsampling_leaves_the_fit_fingerprint_as_before(monkeypatch):
     """Checkpoints written before the option existed resume: with the default (nearest) the option is left out of
     the fit's fingerprint, so its key equals that of a configuration without it; linear changes the key."""
     import segsynth.generators.brainspade.images as images_module
-    from tests.generators.brainspade.helpers import IMAGE_OPTS, _cases
 
     keys = {}
     real_key = images_module._fit_key
