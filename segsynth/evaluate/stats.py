@@ -279,3 +279,35 @@ def compare_methods(
         seed_ttest_p=seed_p,
     )
     return res
+
+
+def labelled_equivalent(n_values: Sequence[float], means: Sequence[float], value: float) -> dict[str, Any]:
+    """How many labelled images a result is worth: the N at which a curve of mean Dice over N (one method at
+    N = n_values, e.g. classical augmentation at 32, 64, 128 labels) reaches ``value`` (e.g. a synthetic recipe's
+    mean Dice at the smallest N, on the same splits and test cases), interpolated linearly in log N between the
+    two measured N that bracket it (learning curves are close to linear in log N over a doubling).
+
+    Returns ``{"n": float | None, "bound": "within" | "below" | "above" | "not_monotone"}``: ``n`` is the
+    interpolated N when ``value`` lies within the curve; "below" (``value`` under the curve's first point: worth
+    fewer than ``n_values[0]``), "above" (over its last: worth more than the largest N measured) and a curve that
+    falls somewhere ("not_monotone": more labels gave less, so no single N answers) give ``n`` None.
+    """
+    n = np.asarray(n_values, dtype=np.float64)
+    d = np.asarray(means, dtype=np.float64)
+    if n.size != d.size or n.size < 2:
+        raise ValueError(f"need >= 2 points of equal length, got {n.size} N and {d.size} means")
+    order = np.argsort(n)
+    n, d = n[order], d[order]
+    if np.any(np.diff(n) <= 0) or np.any(n <= 0):
+        raise ValueError(f"N must be distinct and positive, got {n_values}")
+    if np.any(np.diff(d) < 0):
+        return {"n": None, "bound": "not_monotone"}
+    if value < d[0]:
+        return {"n": None, "bound": "below"}
+    if value > d[-1]:
+        return {"n": None, "bound": "above"}
+    i = int(np.searchsorted(d, value, side="left"))
+    if i == 0 or d[i] == value:
+        return {"n": float(n[i]), "bound": "within"}
+    t = (value - d[i - 1]) / (d[i] - d[i - 1])
+    return {"n": float(np.exp(np.log(n[i - 1]) + t * (np.log(n[i]) - np.log(n[i - 1])))), "bound": "within"}

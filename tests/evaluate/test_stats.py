@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from segsynth.evaluate.stats import ci95, compare_methods, mean_sd, paired_tests, summarise_runs
+from segsynth.evaluate.stats import (
+    ci95,
+    compare_methods,
+    labelled_equivalent,
+    mean_sd,
+    paired_tests,
+    summarise_runs,
+)
 
 # Differences a - b = [0.3, -0.1, 0.5, 0.7, 0.2, 0.9]: |d| ranks 3,1,4,5,2,6 -> W- = 1, W+ = 20.
 A = [1.3, 2.0, 3.5, 4.7, 5.2, 6.9]
@@ -159,3 +166,22 @@ def test_compare_methods_uses_volumes_of_slices_as_units():
     # v1: slices averaged (0.75 vs 0.6), v2: 0.5 vs 0.4 -> two units
     assert res["n"] == 2 and res["n_seed_case_pairs"] == 3
     assert res["mean_diff"] == pytest.approx((0.15 + 0.1) / 2)
+
+
+def test_labelled_equivalent_interpolates_in_log_n():
+    """A value halfway (in Dice) between the curve's points at 32 and 64 labels is worth sqrt(32 * 64) ~ 45.3
+    labels; points on the curve give their own N; values off the curve and falling curves give no N."""
+    n, d = [32, 64, 128], [0.50, 0.56, 0.60]
+    got = labelled_equivalent(n, d, 0.53)
+    assert got["bound"] == "within" and got["n"] == pytest.approx(math.sqrt(32 * 64))
+    assert labelled_equivalent(n, d, 0.56) == {"n": 64.0, "bound": "within"}
+    assert labelled_equivalent(n, d, 0.50) == {"n": 32.0, "bound": "within"}
+    assert labelled_equivalent(n, d, 0.58)["n"] == pytest.approx(math.sqrt(64 * 128))
+    assert labelled_equivalent([128, 32, 64], [0.60, 0.50, 0.56], 0.53)["n"] == pytest.approx(math.sqrt(32 * 64))
+    assert labelled_equivalent(n, d, 0.49) == {"n": None, "bound": "below"}
+    assert labelled_equivalent(n, d, 0.61) == {"n": None, "bound": "above"}
+    assert labelled_equivalent(n, [0.50, 0.58, 0.56], 0.53) == {"n": None, "bound": "not_monotone"}
+    with pytest.raises(ValueError):
+        labelled_equivalent([32], [0.5], 0.5)
+    with pytest.raises(ValueError):
+        labelled_equivalent([32, 32], [0.5, 0.6], 0.55)
