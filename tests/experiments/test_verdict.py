@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segsynth.experiments.verdict import verdict_sentences, verdicts
+from segsynth.experiments.verdict import verdict_sentences, verdicts, worth
 
 
 def _records(method_shift: dict[str, float], n_cases: int = 20, seeds=(0, 1, 2), n_train: int = 4,
@@ -57,3 +57,23 @@ def test_units_are_volumes_for_slices_and_baselines_are_configurable():
     assert "3 seeds × 10 volumes" in t
     assert verdict_sentences(recs, baselines=("none",)) == []
     assert verdict_sentences([]) == []
+
+
+def test_worth_places_a_method_on_augments_curve_over_n():
+    """augment at N=4 and 8 (Dice +0.1 from 4 to 8): a method halfway between at N=4 is worth ~5.7 (sqrt 32)
+    labelled images; one below augment at its N and one above its largest N are said so; none is skipped and
+    nothing is placed at the largest N or without a curve."""
+    recs = (_records({"augment": 0.0, "none": -0.05, "genseg": 0.05, "spade": -0.02, "brainspade": 0.15}, n_train=4)
+            + _records({"augment": 0.10, "genseg": 0.12}, n_train=8))
+    ws = {(w["method"], w["n_train"]): w for w in worth(recs)}
+    assert set(ws) == {("genseg", 4), ("spade", 4), ("brainspade", 4)}
+    g = ws[("genseg", 4)]
+    assert g["bound"] == "within" and abs(g["n"] - 32 ** 0.5) < 0.05 and g["seeds"] == [0, 1, 2]
+    assert g["curve_n"] == [4, 8] and g["sentence"].startswith("blobs (in-domain), N=4: genseg is worth ~6 labelled "
+                                                              "images with augment (mean Dice ")
+    assert ws[("spade", 4)]["bound"] == "below" and "fewer than 4 labelled images" in ws[("spade", 4)]["sentence"]
+    assert ws[("brainspade", 4)]["bound"] == "above" and "more than 8" in ws[("brainspade", 4)]["sentence"]
+    s = verdict_sentences(recs)
+    assert sum("is worth" in t for t in s) == 3 and s.index(g["sentence"]) > max(
+        i for i, t in enumerate(s) if "help" in t)  # after the verdicts
+    assert worth(_records({"augment": 0.0, "genseg": 0.03})) == []  # one N: no curve
