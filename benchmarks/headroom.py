@@ -215,7 +215,7 @@ def curve_plot(curves: dict[str, Any], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 5.6), squeeze=False)
     for ax, (ts, c) in zip(axes[0], curves.items()):
         ns = c["n_values"]
         for n in ns:
@@ -225,6 +225,12 @@ def curve_plot(curves: dict[str, Any], path: Path, title: str) -> None:
         ax.plot(ns, means, "o-", color="C0", label="augment (mean over splits)")
         ax.axhline(means[0] + TARGET_GAIN, color="grey", ls=":", lw=1,
                    label=f"augment at {ns[0]} + {100 * TARGET_GAIN:.0f} points (issue 11's bar)")
+        drawn = {tuple(c["augment"][ns[0]]["seeds"])}
+        for r in c["recipes"].values():  # a recipe run on fewer splits is placed on augment's curve over those
+            if tuple(r["seeds"]) not in drawn:
+                drawn.add(tuple(r["seeds"]))
+                ax.plot(ns, r["augment_curve_on_these_seeds"], ".-", color="C0", lw=0.8, alpha=0.6,
+                        label=f"augment on splits {', '.join(map(str, r['seeds']))}")
         for i, (rv, r) in enumerate(c["recipes"].items()):
             w = r["worth"]
             tag = f"~{w['n']:.0f}" if w["bound"] == "within" else w["bound"]
@@ -238,7 +244,7 @@ def curve_plot(curves: dict[str, Any], path: Path, title: str) -> None:
         ax.set_ylabel("test Dice (mean over cases)")
         ax.set_title(ts, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
