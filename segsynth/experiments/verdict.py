@@ -153,8 +153,8 @@ def verdict_sentences(records: Iterable[Mapping[str, Any]], baselines: Sequence[
     """The sentences of ``verdicts`` (see the module docstring for their form and the rule for "helped"), then
     those of ``worth`` against the first baseline when it ran at several N."""
     records = list(records)
-    return [v["sentence"] for v in verdicts(records, baselines)] + \
-        [w["sentence"] for w in worth(records, baselines[0], skip=baselines[1:])]
+    places = worth(records, baselines[0], skip=baselines[1:]) if baselines else []
+    return [v["sentence"] for v in verdicts(records, baselines)] + [w["sentence"] for w in places]
 
 
 __all__ = ["ALPHA", "verdict", "verdict_sentences", "verdicts", "worth"]

@@ -77,3 +77,4 @@ def test_worth_places_a_method_on_augments_curve_over_n():
     assert sum("is worth" in t for t in s) == 3 and s.index(g["sentence"]) > max(
         i for i, t in enumerate(s) if "help" in t)  # after the verdicts
     assert worth(_records({"augment": 0.0, "genseg": 0.03})) == []  # one N: no curve
+    assert verdict_sentences(recs, baselines=()) == []
