@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, paired, write_summary  # noqa: E402
 from genseg_benchmark import DATASETS, sweep_config  # noqa: E402
+from synthesis_pays import build_parser as synthesis_pays_parser  # noqa: E402
 
 #: the issue's bar: a recipe must beat augment at the same N by this much (Dice points / 100)
 TARGET_GAIN = 0.02
@@ -48,30 +49,17 @@ def curve_dir(name: str, tag: str) -> Path:
 
 
 def split_ids(cfg: Any, data: Any, seeds: list[int]) -> dict[int, dict[str, Any]]:
-    """Per seed: the split's validation ids, training ids in order (the first N are the N-image training set)
-    and test ids (in-domain), as the sweep draws them for the largest N."""
+    """Per seed, as the sweep draws the split for the largest N and writes a record's provenance
+    (``unit_ids``): the validation ids, the training ids at each N of the curve, and the in-domain test case ids."""
     from segsynth.data.splits import split_cases
+    from segsynth.experiments.sweep import first_n, unit_ids
 
     out = {}
     for seed in seeds:
         s = split_cases(data.cases, n_train=max(cfg.n_values), n_val=cfg.n_val, seed=seed, n_test=cfg.n_test)
-        out[seed] = {"val": sorted(c.case_id for c in s.val), "train": [c.case_id for c in s.train],
+        out[seed] = {"val": unit_ids(s.val), "train": {n: unit_ids(first_n(s.train, n)) for n in cfg.n_values},
                      "test": {c.case_id for c in s.test}}
     return out
-
-
-def _ids(value: Any) -> list[str]:
-    """Record id lists may be stored as lists or as their text (long lists are written as ``str(list)``)."""
-    import ast
-
-    return list(ast.literal_eval(value)) if isinstance(value, str) else list(value)
-
-
-def _per_case(record: dict[str, Any]) -> list[dict[str, Any]]:
-    import ast
-
-    pc = record.get("per_case") or []
-    return list(ast.literal_eval(pc)) if isinstance(pc, str) else list(pc)
 
 
 def matching_record(r: dict[str, Any], split: dict[str, Any], external: set[str] | None) -> dict[str, Any] | None:
@@ -80,21 +68,20 @@ def matching_record(r: dict[str, Any], split: dict[str, Any], external: set[str]
 
     The Dice (and HD95) mean is recomputed over the kept cases; ``restricted_from`` keeps the original count.
     """
-    n = int(r["n_train"])
-    if (sorted(_ids(r.get("val_ids", []))) != split["val"]
-            or sorted(_ids(r.get("train_ids", []))) != sorted(split["train"][:n])):
+    if r.get("val_ids") != split["val"] or r.get("train_ids") != split["train"].get(int(r["n_train"])):
         return None
     want = split["test"] if r.get("test_set") == "in-domain" else external
     if want is None:
         return None
-    cases = [c for c in _per_case(r) if c["case_id"] in want]
+    tested = r.get("per_case") or []
+    cases = [c for c in tested if c["case_id"] in want]
     if len(cases) != len(want):
         return None
     out = {**r, "per_case": cases, "n_test": len(cases), "dice_mean": float(np.mean([c["dice_mean"] for c in cases]))}
     hd = [c["hd95_mean"] for c in cases if c.get("hd95_mean") is not None and math.isfinite(c["hd95_mean"])]
     out["hd95_mean"] = float(np.mean(hd)) if hd else None
-    if len(_per_case(r)) != len(cases):
-        out["restricted_from"] = len(_per_case(r))
+    if len(tested) != len(cases):
+        out["restricted_from"] = len(tested)
     return out
 
 
@@ -160,43 +147,37 @@ def import_runs(out: Path, runs: list[dict[str, Any]]) -> int:
 def curve_comparisons(records: list[dict[str, Any]], recipes: dict[str, list[dict[str, Any]]],
                       n_values: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Paired tests (augment at each N against the base N; each recipe against augment at each N) and, per
-    test set, the curve (mean Dice over the seeds each recipe has) and what each recipe is worth in labels."""
-    from segsynth.evaluate.stats import labelled_equivalent
+    test set, the curve and what each recipe is worth in labels (``segsynth.experiments.verdict.worth``: augment's
+    mean Dice over the seeds the recipe has)."""
+    from segsynth.experiments.verdict import worth
 
     base = min(n_values)
     label = {n: f"augment@{n}" for n in n_values}
-    flat = [{**r, "method": label[int(r["n_train"])], "n_train": base} for r in records if r.get("status") == "ok"]
-    for v, rs in recipes.items():
-        flat += [{**r, "method": v, "n_train": base} for r in rs]
+    ok = [r for r in records if r.get("status") == "ok"]
+    named = [{**r, "method": v} for v, rs in recipes.items() for r in rs]
+    flat = [{**r, "method": label[int(r["n_train"])], "n_train": base} for r in ok] + \
+        [{**r, "n_train": base} for r in named]
     comparisons = []
     for n in n_values[1:]:
         comparisons += paired(flat, label[n], label[base])
     for v in recipes:
         for n in n_values:
             comparisons += paired(flat, v, label[n])
+    placed = worth(ok + named, "augment", skip=())
     curves: dict[str, Any] = {}
-    for ts in sorted({r["test_set"] for r in flat}):
-        rows = [r for r in flat if r["test_set"] == ts]
-        seeds_all = sorted({r["seed"] for r in rows if r["method"] == label[base]})
+    for ts in sorted({r["test_set"] for r in ok + named}):
         entry: dict[str, Any] = {"n_values": n_values, "augment": {}, "recipes": {}}
         for n in n_values:
-            d = {r["seed"]: r["dice_mean"] for r in rows if r["method"] == label[n]}
-            v = {r["seed"]: r.get("val_dice") for r in rows if r["method"] == label[n]}
+            d = {r["seed"]: r["dice_mean"] for r in ok if r["test_set"] == ts and int(r["n_train"]) == n}
+            v = [r.get("val_dice") for r in ok if r["test_set"] == ts and int(r["n_train"]) == n]
             entry["augment"][n] = {"seeds": sorted(d), "dice_per_seed": [d[s] for s in sorted(d)],
                                    "dice_mean": float(np.mean(list(d.values()))) if d else None,
-                                   "val_dice_mean": float(np.mean([x for x in v.values() if x is not None]))
-                                   if d else None}
-        for rv in recipes:
-            d = {r["seed"]: r["dice_mean"] for r in rows if r["method"] == rv}
-            seeds = [s for s in seeds_all if s in d and all(
-                any(r["seed"] == s and r["method"] == label[n] for r in rows) for n in n_values)]
-            if not seeds:
-                continue
-            curve = [float(np.mean([r["dice_mean"] for r in rows if r["method"] == label[n] and r["seed"] in seeds]))
-                     for n in n_values]
-            value = float(np.mean([d[s] for s in seeds]))
-            entry["recipes"][rv] = {"seeds": seeds, "dice_mean": value, "augment_curve_on_these_seeds": curve,
-                                    "worth": labelled_equivalent(n_values, curve, value)}
+                                   "val_dice_mean": float(np.mean([x for x in v if x is not None])) if d else None}
+        for w in placed:
+            if w["test_set"] == ts and w["n_train"] == base and w["curve_n"] == n_values:
+                entry["recipes"][w["method"]] = {"seeds": w["seeds"], "dice_mean": w["dice_mean"],
+                                                 "augment_curve_on_these_seeds": w["curve_dice"],
+                                                 "worth": {"n": w["n"], "bound": w["bound"]}}
         curves[ts] = entry
     return comparisons, curves
 
@@ -284,12 +265,14 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    # synthesis_pays.py's training set-up (sweep_config of genseg_benchmark.py), augment only, several N
-    ns = argparse.Namespace(name=a.name, n_train=max(a.n_values), n_val=a.n_val, n_test=a.n_test, seeds=a.seeds,
-                            steps=a.steps, batch_size=a.batch_size, lr=a.lr, size=a.size, segmenter="unet",
-                            ood=a.ood, methods=["augment"], tag="", device=a.device, gen_features=None,
-                            pretrain_steps=200, arch_every=2, gen_batch_size=4, arch_batch_size=4, derive_steps=40,
-                            hypergradient="finite_difference", arch_lr=3e-4, arch_weight_decay=1e-3)
+    # synthesis_pays.py's training set-up and defaults (its parser, as generator_grid.py takes them), augment only
+    flags = [a.name, "--stage", "sweep", "--n-train", str(max(a.n_values)), "--n-test", str(a.n_test), "--seeds",
+             str(a.seeds), "--steps", str(a.steps), "--lr", str(a.lr), "--device", a.device]
+    for flag, value in (("--n-val", a.n_val), ("--batch-size", a.batch_size), ("--size", a.size)):
+        if value is not None:
+            flags += [flag, str(value)]
+    ns = synthesis_pays_parser().parse_args(flags + (["--ood"] if a.ood else []))
+    ns.methods = ["augment"]
     cfg = sweep_config(ns)
     cfg.n_values = list(a.n_values)
     cfg.out = curve_dir(a.name, a.tag)
@@ -301,8 +284,7 @@ def main() -> None:
     for spec in a.imports + a.recipes:
         check_training(spec, vars(a) | {"segmenter": "unet"})
     for spec in a.imports:
-        runs, skipped = collect(RESULTS / spec.rsplit("/", 1)[0] / spec.rsplit("/", 1)[1], spec, splits, ext_ids,
-                                a.n_values, method="augment")
+        runs, skipped = collect(RESULTS / spec, spec, splits, ext_ids, a.n_values, method="augment")
         notes += skipped
         logging.info("%s: %d matching augment runs imported, %d left out", spec, import_runs(cfg.out, runs),
                      len(skipped))
@@ -310,8 +292,8 @@ def main() -> None:
     print_summary(records, cfg.out)
     recipes: dict[str, list[dict[str, Any]]] = {}
     for spec in a.recipes:
-        folder, variant = spec.rsplit("/", 1)
-        runs, skipped = collect(RESULTS / folder / variant, spec, splits, ext_ids, [min(a.n_values)])
+        variant = spec.rsplit("/", 1)[1]
+        runs, skipped = collect(RESULTS / spec, spec, splits, ext_ids, [min(a.n_values)])
         notes += skipped
         if runs:
             recipes[variant] = runs

@@ -295,7 +295,7 @@ def _record_base(cfg: SweepConfig, info, method_name: str, n: int, seed: int, da
     train = first_n(data.train, n)
     return {"dataset": info.name, "method": method_name, "n_train": n, "seed": seed, "segmenter": cfg.segmenter,
             "labels": {str(k): v for k, v in info.labels.items() if k != 0}, "n_train_cases": len(train),
-            "train_ids": _unit_ids(train), "val_ids": _unit_ids(data.val)}
+            "train_ids": unit_ids(train), "val_ids": unit_ids(data.val)}
 
 
 def _failed_records(base: dict[str, Any], e: BaseException, test_sets, tb: str) -> list[dict[str, Any]]:
@@ -303,8 +303,8 @@ def _failed_records(base: dict[str, Any], e: BaseException, test_sets, tb: str) 
             for name, _ in test_sets]
 
 
-def _unit_ids(cases: Sequence[Case]) -> list[str]:
-    """The distinct volumes (or cases) behind a list of cases, for the record's provenance."""
+def unit_ids(cases: Sequence[Case]) -> list[str]:
+    """The distinct volumes (or cases) behind a list of cases, sorted: a record's ``train_ids`` / ``val_ids``."""
     return sorted({str(c.meta.get("volume_id", c.case_id)) for c in cases})
 
 

@@ -6,12 +6,12 @@ import pytest
 
 def _record(method, n, seed, dice_by_case, train, val, test_set="in-domain"):
     return {"method": method, "n_train": n, "seed": seed, "status": "ok", "test_set": test_set,
-            "train_ids": str(sorted(train)), "val_ids": list(val), "val_dice": 0.5,
+            "train_ids": sorted(train), "val_ids": sorted(val), "val_dice": 0.5,
             "per_case": [{"case_id": c, "dice_mean": d, "hd95_mean": 2.0} for c, d in dice_by_case.items()],
             "dice_mean": sum(dice_by_case.values()) / len(dice_by_case)}
 
 
-SPLIT = {"val": ["v1", "v2"], "train": ["a", "b", "c", "d"], "test": {"t1", "t2"}}
+SPLIT = {"val": ["v1", "v2"], "train": {2: ["a", "b"], 4: ["a", "b", "c", "d"]}, "test": {"t1", "t2"}}
 
 
 def test_matching_record_checks_the_split_and_cuts_to_the_test_set():
@@ -20,10 +20,13 @@ def test_matching_record_checks_the_split_and_cuts_to_the_test_set():
     got = headroom.matching_record(wide, SPLIT, None)
     assert got["dice_mean"] == pytest.approx(0.7) and got["n_test"] == 2 and got["restricted_from"] == 3
     assert {c["case_id"] for c in got["per_case"]} == {"t1", "t2"}
-    # other training images (not the split's first N), other validation images, a test case missing: refused
+    # other training images (not the split's first N), other validation images, an N off the curve, a test case
+    # missing: refused
     assert headroom.matching_record(_record("augment", 2, 0, {"t1": 0.6, "t2": 0.8}, ["a", "c"], ["v1", "v2"]),
                                     SPLIT, None) is None
     assert headroom.matching_record(_record("augment", 2, 0, {"t1": 0.6, "t2": 0.8}, ["a", "b"], ["v1", "v3"]),
+                                    SPLIT, None) is None
+    assert headroom.matching_record(_record("augment", 3, 0, {"t1": 0.6, "t2": 0.8}, ["a", "b", "c"], ["v1", "v2"]),
                                     SPLIT, None) is None
     assert headroom.matching_record(_record("augment", 2, 0, {"t1": 0.6}, ["a", "b"], ["v1", "v2"]),
                                     SPLIT, None) is None
