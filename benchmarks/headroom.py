@@ -283,8 +283,9 @@ def main() -> None:
     notes: list[str] = []
     for spec in a.imports + a.recipes:
         check_training(spec, vars(a) | {"segmenter": "unet"})
-    for spec in a.imports:
-        runs, skipped = collect(RESULTS / spec, spec, splits, ext_ids, a.n_values, method="augment")
+    found = [(spec, *collect(RESULTS / spec, spec, splits, ext_ids, a.n_values, method="augment"))
+             for spec in a.imports]  # every source read before any is written in: a wrong one changes nothing
+    for spec, runs, skipped in found:
         notes += skipped
         logging.info("%s: %d matching augment runs imported, %d left out", spec, import_runs(cfg.out, runs),
                      len(skipped))
