@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ray]"
 	touch $(STAMP)
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint docs clean
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -26,5 +26,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check segsynth tests benchmarks
 
+# the docs site (mkdocs.yml, docs/): --strict fails on a broken link or a missing API symbol
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf demo_output .pytest_cache
+	rm -rf demo_output .pytest_cache site
