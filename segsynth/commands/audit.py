@@ -13,51 +13,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 HELP = ("label fidelity of a synthetic dataset: Dice of a segmenter trained on real pairs, on the synthetic images "
         "against their masks, vs the same on real pairs; writes fidelity.json and a montage of the least "
         "faithful pairs")
 
 
-def run_fidelity_audit(a: argparse.Namespace, synthetic_dir: Path, model_dir: Path | None, out: Path) -> dict[str, Any]:
-    """Shared by ``segsynth audit`` and ``segsynth brainspade-audit --fidelity-model``."""
-    from segsynth.cli import spec_from_args, train_config_from_args
-    from segsynth.commands.brainspade import _spec_from_json
-    from segsynth.data.dataset import load_dataset
-    from segsynth.errors import ConfigError
-    from segsynth.evaluate.fidelity import audit_fidelity, fidelity_advice, format_fidelity
-
-    patch = None
-    if model_dir is not None:
-        from segsynth.utils.config import load_state
-
-        _, config = load_state(model_dir, name="model")
-        spec = _spec_from_json(config["spec"]) if config.get("spec") else spec_from_args(a)
-        patch = config.get("patch_size")
-    else:
-        spec = spec_from_args(a)
-    real = load_dataset(a.data, spec, progress=not a.quiet)
-    synthetic = load_dataset(synthetic_dir, spec, progress=not a.quiet)
-    if synthetic.info.num_classes != real.info.num_classes:
-        raise ConfigError(f"{synthetic_dir}: {synthetic.info.num_classes} classes, but {a.data} has "
-                          f"{real.info.num_classes}")
-    cfg = None if model_dir is not None else train_config_from_args(a)
-    if cfg is not None:
-        patch = cfg.patch_size
-    res = audit_fidelity(synthetic.cases[: a.max_synthetic] if getattr(a, "max_synthetic", None) else synthetic.cases,
-                         real.cases, real.info, out=out, model_dir=model_dir, device=a.device, seed=a.seed,
-                         n_val=getattr(a, "n_val", 2), train_config=cfg, segmenter=getattr(a, "segmenter", "unet"),
-                         patch_size=patch)
-    print(format_fidelity(res))
-    advice = fidelity_advice(res)
-    if advice:
-        print(f"  -> {advice}")
-    print(f"written: {out / 'fidelity.json'}, {res['montage']}")
-    return res
-
-
 def cmd_audit(a: argparse.Namespace) -> int:
+    from segsynth.commands.fidelity_audit import run_fidelity_audit
+
     run_fidelity_audit(a, a.synthetic, a.fidelity_model, a.out)
     return 0
 

@@ -52,16 +52,6 @@ def _opts(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _spec_from_json(d: dict[str, Any]):
-    from segsynth.data.preprocess import PreprocessSpec
-
-    d = dict(d)
-    for key in ("size", "shape_3d", "percentiles"):
-        if isinstance(d.get(key), list):
-            d[key] = tuple(d[key])
-    return PreprocessSpec(**d)
-
-
 def _load_training(a: argparse.Namespace):
     """Load --data with the preprocessing options; pick --n training volumes/cases (all when --n is not given)."""
     from segsynth.cli import spec_from_args
@@ -175,6 +165,7 @@ def cmd_train_images(a: argparse.Namespace) -> int:
 
 def cmd_sample(a: argparse.Namespace) -> int:
     from segsynth.data.case import DatasetInfo
+    from segsynth.data.preprocess import PreprocessSpec
     from segsynth.generators.brainspade import (
         BrainSpadeGenerator,
         ImageGenerator,
@@ -186,7 +177,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     meta = _read_info(a.images)
     info = DatasetInfo.from_json(meta["info"])
-    spec = _spec_from_json(meta["spec"])
+    spec = PreprocessSpec.from_json(meta["spec"])
     images = ImageGenerator.load(a.images, device)
     masks = mask_ids = None
     if a.masks is not None:
@@ -229,7 +220,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     volume_pattern = a.volume_pattern
     if a.model is not None:
         meta = _read_info(a.model)
-        spec = _spec_from_json(meta["spec"])
+        spec = PreprocessSpec.from_json(meta["spec"])
         train_ids = set(meta.get("train_ids") or [])
         volume_pattern = volume_pattern or meta.get("volume_pattern")
     else:
@@ -262,7 +253,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
           f"{quality['ssim_real']:.3f}")
     print(f"written: {a.out / 'privacy.json'}, {a.out / 'quality.json'}")
     if a.fidelity_model is not None:
-        from segsynth.commands.audit import run_fidelity_audit
+        from segsynth.commands.fidelity_audit import run_fidelity_audit
 
         run_fidelity_audit(a, a.synthetic, a.fidelity_model, a.out)
     return 0 if audit.verdict == "pass" or not a.strict else 3

@@ -95,6 +95,11 @@ class PreprocessSpec:
                 "slice_axis": self.slice_axis, "keep_empty_slices": self.keep_empty_slices,
                 "normalise": self.normalise, "percentiles": list(self.percentiles), "seed": self.seed}
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PreprocessSpec:
+        """The spec ``to_json`` wrote (JSON lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 # ------------------------------------------------------------------------------------------ intensity
 
