@@ -240,7 +240,7 @@ def cmd_synthesize(a: argparse.Namespace) -> int:
                        extra={k: info.extra[k] for k in ("value_map",) if k in info.extra})  # masks keep raw values
     provenance = {"method": "genseg", "model": str(model_dir.resolve()), "seed": a.seed, "n": n,
                   "source": source, "augmented": a.masks is None,
-                  "genotype": gen._require().current_genotype(), "precision": describe_precision(gen.precision)}
+                  "genotype": gen.require_net().current_genotype(), "precision": describe_precision(gen.precision)}
     write_pairs(a.out, info, n, GenSegPairs(gen, a.seed, masks), fmt=a.format, provenance=provenance,
                 overwrite=a.overwrite, **shard_options(a))
     print(f"wrote {n} synthetic pairs to {a.out}")

@@ -25,7 +25,8 @@ saved with its genotype; ``segsynth synthesize`` writes datasets from it.
 Layout: ``options`` (``GenSegOptions``), ``sources`` (``AugmentedMasks``, ``GeneratedSource``), ``generator``
 (``GenSegGenerator``), ``gan`` (``GanTrainer``, stage I), ``hypergradient`` (stage III's hypergradient), ``hook``
 (``GenSegHook``, stages I and III in the segmenter's loop), ``driver`` (``train_genseg``), ``methods`` (the sweep
-methods), ``helpers`` (rank, gradient averaging under torchrun).
+methods), ``helpers`` (rank, gradient averaging under torchrun), ``protocol`` (what ``gan`` and ``sources`` use of the
+generator, so they need not import ``generator``, which imports them).
 """
 
 from segsynth.generators.genseg.driver import train_genseg

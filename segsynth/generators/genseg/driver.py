@@ -11,7 +11,7 @@ from typing import Any
 from segsynth.errors import DataError
 from segsynth.generators.base import MethodContext
 from segsynth.generators.genseg.generator import GenSegGenerator
-from segsynth.generators.genseg.helpers import _rank
+from segsynth.generators.genseg.helpers import rank
 from segsynth.generators.genseg.hook import GenSegHook
 from segsynth.generators.genseg.options import GENSEG_CONFIG, GenSegOptions
 from segsynth.generators.genseg.sources import GeneratedSource
@@ -129,7 +129,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     if reused is not None:
         gen = reused
         gen.info = ctx.info
-    gen._require().set_fused(opts.fused_cells)
+    gen.require_net().set_fused(opts.fused_cells)
     if opts.gan_patch:
         gen.check_crop(gan_patch)
     gen.precision = precision
@@ -138,7 +138,7 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
                  "pre-training" if feedback else "separate training")
         gen.fit(train, device=device, seed=ctx.seed, steps=pre_steps, patch_size=gan_patch, progress=cfg.progress)
         gen.history["fit_key"] = key
-    if _rank() == 0:
+    if rank() == 0:
         _save_fitted(gen, pre_dir, shared)
     gen.set_source_masks(masks, ids=mask_ids)
     gen.ensure_seg_term(train, seed=ctx.seed, patch_size=patch)  # a reused pre-trained generator comes without one
@@ -170,11 +170,11 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
     ckpt = ctx.workdir / "checkpoint" if ctx.workdir else None
     result = train_segmenter(model, source, ctx.val, cfg, num_classes=k, device=device,
                              checkpoint_dir=ckpt, hooks=hooks)
-    net = gen._require()
+    net = gen.require_net()
     if feedback and opts.search and net.searchable:
         gen.history["arch"] = net.arch_summary()
         log.info("genseg: searched architecture %s", net.arch_summary())
-    if feedback and opts.save_search and ctx.workdir is not None and _rank() == 0:
+    if feedback and opts.save_search and ctx.workdir is not None and rank() == 0:
         gen.save(ctx.workdir / "generator_search")
     if opts.save_generator:
         if feedback:
@@ -183,6 +183,6 @@ def train_genseg(ctx: MethodContext, opts: GenSegOptions, feedback: bool = True,
                 stats = gen.fit(train, device=device, seed=derive_seed(ctx.seed, "derive"), steps=opts.derive_steps,
                                 patch_size=gan_patch)
                 gen.history["derive_fit"] = stats
-        if ctx.workdir is not None and _rank() == 0:
+        if ctx.workdir is not None and rank() == 0:
             gen.save(ctx.workdir / "generator")
     return result, gen

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from monai.losses import PatchAdversarialLoss
 
 from segsynth.errors import ConfigError
-from segsynth.generators.genseg.helpers import _average_grads, _frozen
+from segsynth.generators.genseg.helpers import average_grads, frozen
+from segsynth.generators.genseg.protocol import RenderingGenerator
 from segsynth.utils.labels import class_argmax
 from segsynth.utils.precision import autocast
-
-if TYPE_CHECKING:
-    from segsynth.generators.genseg.generator import GenSegGenerator
 
 
 class GanTrainer:
     """Pix2Pix updates of the generator weights W (never alpha) and the PatchGAN: LSGAN + lambda L1."""
 
-    def __init__(self, gen: GenSegGenerator, lr: float | None = None, betas: tuple[float, float] = (0.5, 0.999)):
-        net = gen._require()
+    def __init__(self, gen: RenderingGenerator, lr: float | None = None, betas: tuple[float, float] = (0.5, 0.999)):
+        net = gen.require_net()
         if gen.disc is None:
             raise ConfigError("GAN training needs the discriminator (this generator was saved without one)")
         self.gen = gen
@@ -54,13 +52,13 @@ class GanTrainer:
         """One discriminator and one generator update on real pairs (x images, y label maps, CPU or device).
 
         The forwards run under ``gen.precision`` autocast (bf16 or fp32); losses and optimiser steps in fp32."""
-        gen, net, disc = self.gen, self.gen._require(), self.gen.disc
+        gen, net, disc = self.gen, self.gen.require_net(), self.gen.disc
         assert disc is not None
         net.train()
         disc.train()
         onehot = gen.encode(y)
         target = gen.to_unit(x.to(gen.device, onehot.dtype))
-        with _frozen(net.arch_parameters()):
+        with frozen(net.arch_parameters()):
             with autocast(gen.device, gen.precision):
                 fake = net(onehot, generator if net.dropout > 0 else None).float()
                 # discriminator: real pairs -> 1, generated pairs -> 0
@@ -70,14 +68,14 @@ class GanTrainer:
                             + self.adv(pred_fake, target_is_real=False, for_discriminator=True))
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            _average_grads(list(disc.parameters()))
+            average_grads(list(disc.parameters()))
             self.opt_d.step()
             # generator: fool the (updated) discriminator and stay close to the real image
-            with _frozen(list(disc.parameters())):
+            with frozen(list(disc.parameters())):
                 loss_g, parts = self.generator_loss(onehot, target, fake, gen.precision)
                 self.opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
-            _average_grads(net.weight_parameters())
+            average_grads(net.weight_parameters())
             self.opt_g.step()
         if gen.seg_term is not None:
             gen.seg_term.cotrain_step()  # no-op unless seg_cotrain (real pairs only)

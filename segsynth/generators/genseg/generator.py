@@ -18,9 +18,9 @@ from segsynth.data.mask_augment import MaskAugment
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.fit_loop import FitLoop
 from segsynth.generators.genseg.gan import GanTrainer
-from segsynth.generators.genseg.helpers import _rank
+from segsynth.generators.genseg.helpers import rank
 from segsynth.generators.genseg.options import FORMAT, GENSEG_CONFIG, Params
-from segsynth.generators.genseg.sources import AugmentedMasks, _as_mask_tensor
+from segsynth.generators.genseg.sources import AugmentedMasks, as_mask_tensor
 from segsynth.generators.seg_term import SegmentationTerm, seg_term_features
 from segsynth.nets.pix2pix import PatchGANDiscriminator, Pix2PixGenerator, auto_disc_layers, auto_num_downs
 from segsynth.segment.sources import CaseSource
@@ -127,7 +127,7 @@ class GenSegGenerator:
     def check_crop(self, size: Sequence[int]) -> None:
         """Refuse GAN crops (``gan_patch``) too small for the built networks: the generator's bottleneck must
         keep 2 voxels per axis (an instance norm of one voxel fails) and the PatchGAN its layers."""
-        net, disc = self._require(), self.disc
+        net, disc = self.require_net(), self.disc
         if len(size) != net.spatial_dims:
             raise ConfigError(f"genseg gan_patch {list(size)} does not have {net.spatial_dims} dimensions")
         need = max(2 * net.size_divisor, 2 ** (disc.num_layers + 2))
@@ -155,7 +155,7 @@ class GenSegGenerator:
             self.disc.to(self.device)
         return self
 
-    def _require(self) -> Pix2PixGenerator:
+    def require_net(self) -> Pix2PixGenerator:
         if self.net is None:
             raise ConfigError("the GenSeg generator is not built yet (call fit, build or load first)")
         return self.net
@@ -180,7 +180,7 @@ class GenSegGenerator:
 
     def encode(self, masks: torch.Tensor) -> torch.Tensor:
         """Label maps (B, *S) -> one-hot (B, K, *S) in the generator's dtype and device."""
-        net = self._require()
+        net = self.require_net()
         dtype = next(net.parameters()).dtype
         return F.one_hot(masks.long().to(self.device), self.num_classes).movedim(-1, 1).to(dtype)
 
@@ -194,7 +194,7 @@ class GenSegGenerator:
             weights: generator weights by name to use instead of the current ones (hypergradients).
             unit: return the raw [-1, 1] output instead of the data's intensity range.
         """
-        net = self._require()
+        net = self.require_net()
         onehot = self.encode(masks)
         if weights is None:
             t = net(onehot, generator)
@@ -222,7 +222,7 @@ class GenSegGenerator:
         steps = self.options["fit_steps"] if steps is None else int(steps)
         gan = GanTrainer(self)
         source = self.gan_source(train, patch_size)
-        g = torch_generator(derive_seed(seed, "genseg-fit", _rank()))
+        g = torch_generator(derive_seed(seed, "genseg-fit", rank()))
         loop = FitLoop("genseg GAN", steps, device=device)  # progress: a log line every tenth, not a bar
         last: dict[str, float] = {}
         for step in loop:
@@ -274,14 +274,14 @@ class GenSegGenerator:
         Without ``mask`` a source mask is drawn and augmented (``set_source_masks``); with one, the image is
         rendered for that mask as it is. The seed also draws the generator's dropout.
         """
-        net = self._require()
+        net = self.require_net()
         g = torch_generator(seed)
         if mask is None:
             if self.source is None:
                 raise ConfigError("no source masks: pass masks or call set_source_masks / fit first")
             m, record = self.source.draw_one(g)
         else:
-            m, cid = _as_mask_tensor(mask)
+            m, cid = as_mask_tensor(mask)
             if int(m.min()) < 0 or int(m.max()) >= self._num_classes():
                 raise DataError(f"mask ids {sorted(set(m.unique().tolist()))} are not within the generator's "
                                 f"{self.num_classes} classes", source_id or cid)
@@ -312,7 +312,7 @@ class GenSegGenerator:
 
     def derive(self) -> dict[str, list[str]]:
         """Replace the searchable generator by its discrete architecture; returns the genotype."""
-        net = self._require()
+        net = self.require_net()
         if net.searchable:
             self.search_record = net.arch_summary()
             self.net = net.derive()
@@ -321,7 +321,7 @@ class GenSegGenerator:
     # ------------------------------------------------------------------------------------------ save / load
 
     def config(self) -> dict[str, Any]:
-        net = self._require()
+        net = self.require_net()
         return {"format": FORMAT, "options": self.options, "num_classes": self.num_classes,
                 "image_channels": self.image_channels, "spatial_dims": net.spatial_dims,
                 "spatial_shape": self.spatial_shape, "intensity_range": self.intensity_range,
@@ -330,7 +330,7 @@ class GenSegGenerator:
 
     def save(self, directory: str | Path) -> None:
         """Write generator (+ discriminator) weights and configs; the folder appears whole."""
-        net = self._require()
+        net = self.require_net()
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
             save_module(net, tmp, net.config(), name="generator")

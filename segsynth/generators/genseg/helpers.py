@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 
 
-def _rank() -> int:
+def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _average_grads(params: Sequence[torch.Tensor]) -> None:
+def average_grads(params: Sequence[torch.Tensor]) -> None:
     """Average gradients over DDP ranks (the generator is not wrapped in DDP; the hook keeps ranks equal)."""
     if not (dist.is_available() and dist.is_initialized()):
         return
@@ -25,7 +25,7 @@ def _average_grads(params: Sequence[torch.Tensor]) -> None:
 
 
 @contextlib.contextmanager
-def _frozen(params: Sequence[torch.Tensor]) -> Iterator[None]:
+def frozen(params: Sequence[torch.Tensor]) -> Iterator[None]:
     """Temporarily switch off requires_grad (no gradient is computed or stored for them)."""
     flags = [p.requires_grad for p in params]
     for p in params:

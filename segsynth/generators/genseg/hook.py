@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from segsynth.generators.genseg.gan import GanTrainer
 from segsynth.generators.genseg.generator import GenSegGenerator
-from segsynth.generators.genseg.helpers import _average_grads, _rank
+from segsynth.generators.genseg.helpers import average_grads, rank
 from segsynth.generators.genseg.hypergradient import (
     UnrolledProblem,
     architecture_hypergradient,
@@ -46,13 +46,13 @@ class GenSegHook:
         self.opts = opts
         self.feedback = feedback
         self.gan = GanTrainer(gen)
-        net = gen._require()
+        net = gen.require_net()
         self.arch_opt = (torch.optim.Adam(net.arch_parameters(), lr=opts.arch_lr, betas=(0.5, 0.999),
                                           weight_decay=opts.arch_weight_decay)
                          if feedback and opts.search and net.searchable else None)
         self.wf_opt = (torch.optim.Adam(net.weight_parameters(), lr=opts.weight_feedback_lr, betas=(0.5, 0.999))
                        if feedback and opts.weight_feedback else None)
-        self.rng = torch_generator(derive_seed(seed, "genseg-hook", _rank()))
+        self.rng = torch_generator(derive_seed(seed, "genseg-hook", rank()))
         self.arch_interval = int(opts.arch_every)  # adaptive schedule (arch_every_max): current interval
         self.next_arch = int(opts.arch_every)      # and the step of the next architecture update
 
@@ -65,7 +65,7 @@ class GenSegHook:
 
     def _reschedule(self, step: int, before: list[torch.Tensor]) -> float:
         """After an update at ``step``: double the interval when softmax(alpha) hardly moved, else reset it."""
-        mix = self.gen._require().mixture_weights()
+        mix = self.gen.require_net().mixture_weights()
         moved = max((float((b - a.detach()).abs().max()) for b, a in zip(before, mix or ())), default=0.0)
         settled = moved < self.opts.arch_settle_tol
         self.arch_interval = (min(2 * self.arch_interval, self.opts.arch_every_max) if settled
@@ -82,7 +82,7 @@ class GenSegHook:
             rec.update(self.gan.step(x, y, self.rng))
         hyper = self.arch_opt is not None or self.wf_opt is not None
         if hyper and self._arch_due(state.step) and state.lr > 0:
-            mix = self.gen._require().mixture_weights() if self.adaptive else None
+            mix = self.gen.require_net().mixture_weights() if self.adaptive else None
             before = [m.detach().clone() for m in mix] if mix is not None else []
             rec.update(self.arch_step(state.model, state.lr, state.device))
             if self.adaptive:
@@ -92,7 +92,7 @@ class GenSegHook:
 
     def problem(self, segmenter: torch.nn.Module, lr: float, device: torch.device) -> UnrolledProblem:
         """Draw the batches of one hyper-step and wrap them as an ``UnrolledProblem``."""
-        gen, net, opts = self.gen, self.gen._require(), self.opts
+        gen, net, opts = self.gen, self.gen.require_net(), self.opts
         b = opts.arch_batch_size
         masks, _ = self.masks.draw(b, self.rng)
         syn_y = collate([torch.zeros(1, *m.shape) for m in masks], masks)[1].to(device)
@@ -127,7 +127,7 @@ class GenSegHook:
         """One stage-III update of alpha (and of W with ``weight_feedback``); returns the unrolled validation
         loss and the norm of the hypergradient (of alpha; of W as ``wf_grad_norm``)."""
         assert self.arch_opt is not None or self.wf_opt is not None
-        net = self.gen._require()
+        net = self.gen.require_net()
         arch = net.arch_parameters() if self.arch_opt is not None else []
         weights = net.weight_parameters() if self.wf_opt is not None else []
         if self.gen.disc is not None:
@@ -142,7 +142,7 @@ class GenSegHook:
             opt.zero_grad(set_to_none=True)
             for a, g in zip(params, grads):
                 a.grad = g.to(a.dtype)
-            _average_grads(params)
+            average_grads(params)
             opt.step()
             opt.zero_grad(set_to_none=True)
             rec[key] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,15 +11,13 @@ import torch
 from segsynth.data.case import Case
 from segsynth.data.mask_augment import MaskAugment
 from segsynth.errors import DataError
+from segsynth.generators.genseg.protocol import RenderingGenerator
 from segsynth.segment.sources import collate, random_patch
 from segsynth.utils.precision import autocast
 from segsynth.utils.seed import torch_generator
 
-if TYPE_CHECKING:
-    from segsynth.generators.genseg.generator import GenSegGenerator
 
-
-def _as_mask_tensor(mask: Any) -> tuple[torch.Tensor, str | None]:
+def as_mask_tensor(mask: Any) -> tuple[torch.Tensor, str | None]:
     if isinstance(mask, Case):
         if mask.mask is None:
             raise DataError("case has no mask to generate an image from", mask.case_id)
@@ -36,7 +34,7 @@ class AugmentedMasks:
                  ids: Sequence[str] | None = None):
         tensors, found = [], []
         for i, m in enumerate(masks):
-            t, cid = _as_mask_tensor(m)
+            t, cid = as_mask_tensor(m)
             tensors.append(t)
             found.append(cid if cid is not None else f"mask{i}")
         if not tensors:
@@ -79,7 +77,7 @@ class GeneratedSource:
     graph to alpha inside the hook, which is where the public code's detached image lost the signal.
     """
 
-    def __init__(self, gen: GenSegGenerator, masks: AugmentedMasks, patch_size: Sequence[int] | None = None,
+    def __init__(self, gen: RenderingGenerator, masks: AugmentedMasks, patch_size: Sequence[int] | None = None,
                  foreground_fraction: float = 1 / 3):
         self.gen = gen
         self.masks = masks
@@ -90,7 +88,7 @@ class GeneratedSource:
     def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         masks, _ = self.masks.draw(batch_size, generator)
         seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
-        net = self.gen._require()
+        net = self.gen.require_net()
         g = torch_generator(seed) if net.dropout > 0 else None
         with autocast(self.gen.device, self.gen.precision):  # rendering in the generator's precision
             if len({tuple(m.shape) for m in masks}) == 1:
