@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# pip resolve a newer torch (a multi-GB CUDA build) if torch were not installed before anything else.
 	$(BIN)/pip install -q torch==2.13.0
 	# the exact versions tested (constraints.txt) within pyproject's ranges
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ray]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ray,nnunet]"
 	touch $(STAMP)
 
 .PHONY: install demo test lint docs clean
