@@ -505,8 +505,9 @@ def main(argv: list[str] | None = None) -> int:
 
             seed_everything(a.seed)
         return int(a.func(a) or 0)
-    except SegsynthError as e:
-        print(f"segsynth {a.command}: error: {e}", file=sys.stderr)
+    except SegsynthError as e:  # one line, even where a message quotes a library's multi-line text
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"segsynth {a.command}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # whoever read stdout has gone (`segsynth methods genseg | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail again
