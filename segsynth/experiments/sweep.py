@@ -161,7 +161,8 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     if not cfg.methods or not cfg.n_values or not cfg.seeds:
         raise ConfigError("a sweep needs at least one method, one N and one seed")
     for m in cfg.methods:
-        get_method(m, **cfg.method_options.get(m, {}))  # fail early on unknown names/options
+        method = get_method(m, **cfg.method_options.get(m, {}))  # fail early on unknown names/options
+        getattr(method, "require", lambda: None)()  # and on a missing optional dependency (nnunet)
     check_executor(cfg.executor)
     if cfg.executor == "local":
         resolve_device(cfg.device)  # fail before loading data on a device this machine lacks (Ray: on workers)
@@ -337,7 +338,11 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         per_case = []
         # overlays show the test cases with the most foreground (an empty slice says little)
         show = set(sorted(range(len(cases)), key=lambda i: -int((cases[i].mask > 0).sum()))[: cfg.sample_predictions])
-        preds = predict_many(result.model, [c.image for c in cases], patch_size=cfg.train.patch_size, device=device)
+        if callable(getattr(result, "predict_cases", None)):  # a method with its own predictor (nnunet)
+            preds = result.predict_cases(cases)
+        else:
+            preds = predict_many(result.model, [c.image for c in cases], patch_size=cfg.train.patch_size,
+                                 device=device)
         for i, (c, pred) in enumerate(zip(cases, preds)):
             m = case_metrics(pred, c.mask, info.labels, spacing=case_spacing(c))
             vid = c.meta.get("volume_id")  # slices of one volume are one unit for the paired tests
@@ -354,6 +359,7 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
                         **compute_description(device), "dice_mean": float(np.mean(dice)) if dice else None,
                         "hd95_mean": float(np.mean(hd)) if hd else None, "n_test": len(cases),
                         **({"source_statistics": stats} if (stats := getattr(result, "source_statistics", None)) else {}),
+                        **(getattr(result, "record_fields", None) or {}),  # e.g. nnunet_budget
                         "per_case": per_case})
     if cfg.fidelity:  # after the timings: its cost (maybe one reference training) is recorded on its own
         fid = _fidelity(cfg, method, ctx, result, out, run_key(method_name, n, seed) if seed == cfg.seeds[0] else None)
