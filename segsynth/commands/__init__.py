@@ -9,4 +9,5 @@ COMMAND_MODULES: list[str] = [
     "segsynth.commands.genseg",
     "segsynth.commands.brainspade",
     "segsynth.commands.audit",
+    "segsynth.commands.report",
 ]

@@ -93,7 +93,7 @@ def fidelity_section(records: Iterable[Mapping[str, Any]], out_dir: str | Path,
     if not runs:
         return ""
     if img_tag is None:
-        from segsynth.experiments.report import _img_tag as img_tag
+        from segsynth.experiments.formatting import img_tag
     e = html.escape
     out = ['<h2>Label fidelity of the synthetic pairs</h2><p class="note">Each synthetic pair (image, mask) is '
            "segmented by the <code>augment</code> model of the same split (N real pairs); its label fidelity is "

@@ -94,3 +94,35 @@ def learning_curve(
     else:
         ax.text(0.5, 0.5, "no finished runs with a value", ha="center", va="center", transform=ax.transAxes)
     return save_figure(fig, out_path)
+
+
+def split_differences(verdicts: Sequence[Mapping[str, Any]], out_path: str | Path, *, title: str | None = None
+                      ) -> Path:
+    """One row per comparison (method vs baseline at N): each split's mean Dice difference as a dot, the mean
+    of the splits as a bar with its 95 % interval, in Dice points; 0 marked. Rows whose interval lies above 0
+    are green, below 0 red, the rest grey."""
+    rows = list(verdicts)
+    fig = Figure(figsize=(8.0, 0.9 + 0.42 * max(1, len(rows))))
+    ax = fig.add_subplot(1, 1, 1)
+    colours = {"helped": "#009E73", "hurt": "#D55E00"}
+    labels = []
+    for i, v in enumerate(rows):
+        y = len(rows) - 1 - i
+        s = v["split"]
+        c = colours.get(v["word"], "#66707a")
+        diffs = [100 * d for d in s["split_diffs"]]
+        ax.scatter(diffs, [y] * len(diffs), s=18, color=c, alpha=0.7, zorder=3)
+        if math.isfinite(s["ci_low"]):
+            ax.plot([100 * s["ci_low"], 100 * s["ci_high"]], [y, y], color=c, lw=2.2, zorder=2)
+        if math.isfinite(s["mean"]):
+            ax.plot([100 * s["mean"]], [y], marker="|", markersize=14, color=c, mew=2.5, zorder=4)
+        where = f"{v.get('test_set', '')}, " if v.get("test_set") not in (None, "", "in-domain") else ""
+        labels.append(f"{where}N={v['n_train']}: {v['method_a']} vs {v['method_b']} ({v['word']})")
+    ax.axvline(0, color="#000000", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(list(reversed(labels)), fontsize=8)
+    ax.set_xlabel("Dice difference, points (dots: splits; bar: mean and 95 % interval)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return save_figure(fig, out_path)

@@ -8,8 +8,6 @@ foreground Dice; plus a seed-level t-test), per-class Dice, run time and peak me
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import re
 from collections import Counter
@@ -26,45 +24,15 @@ from segsynth.evaluate.stats import (
     ok_records,
     summarise_runs,
 )
+from segsynth.experiments.formatting import escape, fmt, fmt_p, fmt_pm, img_tag
 from segsynth.experiments.plots import learning_curve
 from segsynth.utils.device import compute_label
 from segsynth.utils.files import atomic_path
-
-_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
 
 
 def is_baseline(method: str) -> bool:
     """True for ``none`` and the classical augmentation baselines (``augment``, ``augment-rotate``, ...)."""
     return method == "none" or method.startswith("augment")
-
-
-# ----------------------------------------------------------------------------------------- formatting
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "–"
-    return f"{x:.{digits}f}"
-
-
-def _fmt_pm(mean: float | None, sd: float | None, digits: int = 3) -> str:
-    if mean is None or not math.isfinite(mean):
-        return "–"
-    if sd is None or not math.isfinite(sd):
-        return _fmt(mean, digits)
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    if p < 0.001:
-        return "<0.001"
-    return f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
-
-
-def _e(s: object) -> str:
-    return html.escape(str(s), quote=True)
 
 
 def _slug(s: str) -> str:
@@ -144,8 +112,8 @@ def _sentence_at(
     """One sentence: the best method at N against the baseline (or the runner-up when it is the baseline)."""
     best = max(at_n, key=lambda r: r["mean"])
     head = (
-        f"with N={n}, <b>{_e(best['method'])}</b> reached a mean foreground Dice of "
-        f"<b>{_fmt_pm(best['mean'], best['sd'])}</b>"
+        f"with N={n}, <b>{escape(best['method'])}</b> reached a mean foreground Dice of "
+        f"<b>{fmt_pm(best['mean'], best['sd'])}</b>"
     )
     others = [r for r in at_n if r["method"] != best["method"]]
     if not others:
@@ -153,7 +121,7 @@ def _sentence_at(
     ref = next((r for r in others if r["method"] == baseline), None) or max(others, key=lambda r: r["mean"])
     cmp = compare_methods(records, best["method"], ref["method"], n, group=gk)
     return (
-        head + f" vs {_fmt_pm(ref['mean'], ref['sd'])} for <b>{_e(ref['method'])}</b> "
+        head + f" vs {fmt_pm(ref['mean'], ref['sd'])} for <b>{escape(ref['method'])}</b> "
         f"(paired Wilcoxon p{_p_text(cmp['wilcoxon_p'])}, t-test p{_p_text(cmp['ttest_p'])}; "
         f"{_plural(cmp['n'], '(seed, test case) pair')} over {_plural(cmp['n_seeds'], 'seed')})"
     )
@@ -164,9 +132,9 @@ def _summary_sentence(
 ) -> str:
     """ "On <dataset>, with N=…, <method> reached … vs … (p=…)", for the largest N at which at least two
     methods finished and, when different, the smallest (where extra data matters most)."""
-    dataset = f"<b>{_e(gk[0] or 'this dataset')}</b>"
+    dataset = f"<b>{escape(gk[0] or 'this dataset')}</b>"
     if _external(gk):
-        dataset += f" tested on <b>{_e(gk[1])}</b>"
+        dataset += f" tested on <b>{escape(gk[1])}</b>"
     finished = [r for r in dice_rows if math.isfinite(r["mean"])]
     ns = sorted({r["n_train"] for r in finished})
     if not ns:
@@ -184,15 +152,15 @@ def _summary_sentence(
 
 def _p_text(p: float | None) -> str:
     """ "=0.012" or "&lt;0.001" (HTML) to follow a "p"."""
-    s = _fmt_p(p)
+    s = fmt_p(p)
     return "&lt;0.001" if s == "<0.001" else f"={s}"
 
 
 def _p_cell(res: Mapping[str, Any], key: str) -> str:
     p = res.get(key, math.nan)
     cls = ' class="sig"' if p is not None and math.isfinite(p) and p < 0.05 else ""
-    title = f' title="{_e(res["reason"])}"' if res.get("reason") else ""
-    return f"<td{cls}{title}>{_e(_fmt_p(p))}</td>"
+    title = f' title="{escape(res["reason"])}"' if res.get("reason") else ""
+    return f"<td{cls}{title}>{escape(fmt_p(p))}</td>"
 
 
 def _cmp_cells(res: Mapping[str, Any] | None) -> str:
@@ -200,12 +168,6 @@ def _cmp_cells(res: Mapping[str, Any] | None) -> str:
         return '<td class="muted center" colspan="3">–</td>'
     delta = f"{res['mean_diff']:+.3f}" if math.isfinite(res["mean_diff"]) else "–"
     return f"<td>{delta}</td>{_p_cell(res, 'wilcoxon_p')}{_p_cell(res, 'ttest_p')}"
-
-
-def _img_tag(path: Path, alt: str) -> str:
-    mime = _IMAGE_TYPES.get(path.suffix.lower(), "image/png")
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:{mime};base64,{data}" alt="{_e(alt)}">'
 
 
 # --------------------------------------------------------------------------------------- the report
@@ -263,9 +225,9 @@ def _runs_table(
     out = ['<div class="wide"><table><thead><tr>']
     out.append(
         "<th rowspan=2>method</th><th rowspan=2>runs</th><th rowspan=2>Dice<br>mean ± sd</th>"
-        f"<th rowspan=2>Dice 95% CI</th><th rowspan=2>HD95 ({_e(hd_unit)})<br>mean ± sd</th>"
-        f"<th colspan=3 class=center>vs {_e(baseline)}</th>"
-        f"<th colspan=3 class=center>vs best baseline{f' ({_e(base_name)})' if base_name else ''}</th>"
+        f"<th rowspan=2>Dice 95% CI</th><th rowspan=2>HD95 ({escape(hd_unit)})<br>mean ± sd</th>"
+        f"<th colspan=3 class=center>vs {escape(baseline)}</th>"
+        f"<th colspan=3 class=center>vs best baseline{f' ({escape(base_name)})' if base_name else ''}</th>"
         "<th rowspan=2>train s</th><th rowspan=2>run s</th><th rowspan=2>peak MB</th></tr><tr>"
         + "<th>ΔDice</th><th>Wilcoxon p</th><th>t p</th>" * 2
         + "</tr></thead><tbody>"
@@ -277,7 +239,7 @@ def _runs_table(
             runs += f' <span class="failed">+{r["n_failed"]} failed</span>'
         if not r["n_runs"]:
             out.append(
-                f'<tr><td>{_e(m)}</td><td>{runs}</td><td class="failed" colspan=12>all runs failed</td></tr>'
+                f'<tr><td>{escape(m)}</td><td>{runs}</td><td class="failed" colspan=12>all runs failed</td></tr>'
             )
             continue
         best_cls = ' class="best"' if math.isfinite(r["mean"]) and r["mean"] == best_mean else ""
@@ -289,12 +251,12 @@ def _runs_table(
             compare_methods(records, m, base_name, n, group=gk) if base_name and m != base_name else None
         )
         out.append(
-            f"<tr><td>{_e(m)}</td><td>{runs}</td><td{best_cls}>{_fmt_pm(r['mean'], r['sd'])}</td>"
+            f"<tr><td>{escape(m)}</td><td>{runs}</td><td{best_cls}>{fmt_pm(r['mean'], r['sd'])}</td>"
             f"<td>{_dice_ci(r['ci95_low'], r['ci95_high'])}</td>"
-            f"<td>{_fmt_pm(h['mean'], h['sd'], 2) if h else '–'}</td>"
+            f"<td>{fmt_pm(h['mean'], h['sd'], 2) if h else '–'}</td>"
             f"{_cmp_cells(vs_base)}{_cmp_cells(vs_best)}"
-            f"<td>{_fmt(r['train_seconds'], 1)}</td><td>{_fmt(r['seconds'], 1)}</td>"
-            f"<td>{_fmt(r['peak_memory_mb'], 0)}</td></tr>"
+            f"<td>{fmt(r['train_seconds'], 1)}</td><td>{fmt(r['seconds'], 1)}</td>"
+            f"<td>{fmt(r['peak_memory_mb'], 0)}</td></tr>"
         )
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -315,11 +277,11 @@ def _pairwise_table(
             res = compare_methods(records, a, b, n, group=gk)
             delta = f"{res['mean_diff']:+.3f}" if math.isfinite(res["mean_diff"]) else "–"
             out.append(
-                f"<tr><td>{_e(a)}</td><td class=left>{_e(b)}</td><td>{res['n']}</td><td>{_fmt(res['mean_a'])}</td>"
-                f"<td>{_fmt(res['mean_b'])}</td><td>{delta}</td>"
-                f"<td>[{_fmt(res['ci95_low'])}, {_fmt(res['ci95_high'])}]</td>"
+                f"<tr><td>{escape(a)}</td><td class=left>{escape(b)}</td><td>{res['n']}</td><td>{fmt(res['mean_a'])}</td>"
+                f"<td>{fmt(res['mean_b'])}</td><td>{delta}</td>"
+                f"<td>[{fmt(res['ci95_low'])}, {fmt(res['ci95_high'])}]</td>"
                 f"{_p_cell(res, 'wilcoxon_p')}{_p_cell(res, 'ttest_p')}{_p_cell(res, 'seed_ttest_p')}"
-                f'<td class="muted" style="text-align:left">{_e(res["reason"])}</td></tr>'
+                f'<td class="muted" style="text-align:left">{escape(res["reason"])}</td></tr>'
             )
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -331,7 +293,7 @@ def _class_table(
     if not names:
         return ""
     out = ['<div class="wide"><table><thead><tr><th>method</th>']
-    out += [f"<th>{_e(name)}</th>" for name in names]
+    out += [f"<th>{escape(name)}</th>" for name in names]
     out.append("</tr></thead><tbody>")
     for m in methods:
         runs = [
@@ -342,8 +304,8 @@ def _class_table(
         cells = []
         for name in names:
             mean, sd = mean_sd(_run_class_dice(r, name) for r in runs)
-            cells.append(f"<td>{_fmt_pm(mean, sd)}</td>")
-        out.append(f"<tr><td>{_e(m)}</td>{''.join(cells)}</tr>")
+            cells.append(f"<td>{fmt_pm(mean, sd)}</td>")
+        out.append(f"<tr><td>{escape(m)}</td>{''.join(cells)}</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -358,8 +320,8 @@ def _failed_table(group_records: Sequence[Mapping[str, Any]]) -> str:
     ]
     for r in sorted(failed, key=lambda r: (str(r.get("method")), r.get("n_train", 0), r.get("seed", 0))):
         out.append(
-            f"<tr><td>{_e(r.get('method', '?'))}</td><td>{_e(r.get('n_train', '?'))}</td>"
-            f'<td>{_e(r.get("seed", "?"))}</td><td class="err">{_e(r.get("error", "unknown error"))}</td></tr>'
+            f"<tr><td>{escape(r.get('method', '?'))}</td><td>{escape(r.get('n_train', '?'))}</td>"
+            f'<td>{escape(r.get("seed", "?"))}</td><td class="err">{escape(r.get("error", "unknown error"))}</td></tr>'
         )
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -368,9 +330,9 @@ def _failed_table(group_records: Sequence[Mapping[str, Any]]) -> str:
 def _dice_ci(lo: float, hi: float) -> str:
     """A Dice CI clipped to [0, 1]; a clipped end is marked * (explained under "How to read this")."""
     def end(v: float, clipped: float) -> str:
-        return f"{_fmt(clipped)}*" if v is not None and math.isfinite(v) and v != clipped else _fmt(v)
+        return f"{fmt(clipped)}*" if v is not None and math.isfinite(v) and v != clipped else fmt(v)
     ok = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
-    return f"[{end(lo, max(lo, 0.0))}, {end(hi, min(hi, 1.0))}]" if ok else f"[{_fmt(lo)}, {_fmt(hi)}]"
+    return f"[{end(lo, max(lo, 0.0))}, {end(hi, min(hi, 1.0))}]" if ok else f"[{fmt(lo)}, {fmt(hi)}]"
 
 
 def _samples_section(sample_images: Sequence[str | Path] | Mapping[str, str | Path] | None) -> str:
@@ -384,9 +346,9 @@ def _samples_section(sample_images: Sequence[str | Path] | Mapping[str, str | Pa
     out = ['<h2>Sample predictions</h2><div class="samples">']
     for caption, path in items:
         if path.is_file():
-            out.append(f"<figure>{_img_tag(path, caption)}<figcaption>{_e(caption)}</figcaption></figure>")
+            out.append(f"<figure>{img_tag(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>")
         else:
-            out.append(f'<figure><p class="failed">missing image: {_e(path)}</p></figure>')
+            out.append(f'<figure><p class="failed">missing image: {escape(path)}</p></figure>')
     out.append("</div>")
     return "".join(out)
 
@@ -397,8 +359,8 @@ def _compute_meta(records: Sequence[Mapping[str, Any]]) -> str:
     with both, so each step rounds differently and Dice moves (by points in a small run)."""
     counts = Counter(compute_label(r) or "machine not recorded" for r in ok_records(records))
     if len(counts) <= 1:
-        return f"computed on {_e(next(iter(counts), 'no runs'))}"
-    parts = ", ".join(f"{_e(k)}: {_plural(v, 'run')}" for k, v in counts.most_common())
+        return f"computed on {escape(next(iter(counts), 'no runs'))}"
+    parts = ", ".join(f"{escape(k)}: {_plural(v, 'run')}" for k, v in counts.most_common())
     return (f'<span class="failed">computed on {len(counts)} different machines or thread counts ({parts}): '
             "seconds are not comparable between them, and Dice moves with them too (other kernels, other rounding)</span>")
 
@@ -457,13 +419,13 @@ def write_report(
             higher_is_better=False,
         )
         names = _class_names(grecs)
-        sec = [f"<h2>{_e(_group_title(gk))}</h2>" if multi or gk[0] else "<h2>Results</h2>"]
+        sec = [f"<h2>{escape(_group_title(gk))}</h2>" if multi or gk[0] else "<h2>Results</h2>"]
         sec.append(
             '<div class="plots">'
-            f"<figure>{_img_tag(dice_png, 'Dice learning curve')}<figcaption>{_e(dice_png.name)}: mean "
+            f"<figure>{img_tag(dice_png, 'Dice learning curve')}<figcaption>{escape(dice_png.name)}: mean "
             "foreground Dice vs N (mean ± sd over seeds; dots = single seeds)</figcaption></figure>"
-            f"<figure>{_img_tag(hd_png, 'HD95 learning curve')}<figcaption>{_e(hd_png.name)}: mean "
-            f"foreground HD95 in {_e(hd_unit)} vs N (lower is better)</figcaption></figure></div>"
+            f"<figure>{img_tag(hd_png, 'HD95 learning curve')}<figcaption>{escape(hd_png.name)}: mean "
+            f"foreground HD95 in {escape(hd_unit)} vs N (lower is better)</figcaption></figure></div>"
         )
         for n in sorted({r["n_train"] for r in dice_rows}):
             sec.append(f"<h3>N = {n} labelled training case{'s' if n != 1 else ''}</h3>")
@@ -493,7 +455,7 @@ def write_report(
     meta = f"{n_ok} finished run{'s' if n_ok != 1 else ''}"
     if n_failed:
         meta += f', <span class="failed">{n_failed} failed</span>'
-    meta += f" · baseline: {_e(baseline)} · {_compute_meta(records)} · generated {when}"
+    meta += f" · baseline: {escape(baseline)} · {_compute_meta(records)} · generated {when}"
     notes = (
         '<h2>How to read this</h2><p class="note">Dice and HD95 are computed per test case over the '
         "foreground classes (MONAI; both masks empty: Dice 1, HD95 0; one empty: Dice 0, HD95 missing and "
@@ -509,18 +471,16 @@ def write_report(
         "<code>none</code> and the <code>augment*</code> methods at that N.</p>"
     )
     from segsynth.experiments.fidelity_report import fidelity_section
-    from segsynth.experiments.verdict import verdict_sentences
+    from segsynth.experiments.verdict_report import verdict_section
 
-    verdict = "".join(f"<li>{_e(t)}</li>" for t in verdict_sentences(records))
-    verdict = (f'<div class="summary verdict"><b>Verdict</b> (computed: helped = mean paired difference &gt; 0 and '
-               f"Wilcoxon p &lt; 0.05)<ul>{verdict}</ul></div>") if verdict else ""
+    verdict = verdict_section(records, out_dir)
     doc = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f'<h1>{_e(title)}</h1><div class="meta">{meta}</div>{verdict}'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f'<h1>{escape(title)}</h1><div class="meta">{meta}</div>{verdict}'
         f'<div class="summary">{"".join(summaries) or "<p>No runs recorded.</p>"}</div>'
-        f"{''.join(sections)}{fidelity_section(records, out_dir, _img_tag)}{_samples_section(sample_images)}"
+        f"{''.join(sections)}{fidelity_section(records, out_dir, img_tag)}{_samples_section(sample_images)}"
         f"{notes}</body></html>\n"
     )
     path = out_dir / "report.html"
@@ -546,7 +506,7 @@ def format_table(records: Iterable[Mapping[str, Any]], metric: str = "dice_mean"
             if not r["n_runs"]:
                 text = "failed"
             else:
-                text = _fmt_pm(r["mean"], r["sd"])
+                text = fmt_pm(r["mean"], r["sd"])
                 if r["n_failed"]:
                     text += f" [{r['n_failed']} failed]"
             cell[(r["method"], r["n_train"])] = text

@@ -392,12 +392,12 @@ def _fidelity(cfg: SweepConfig, method, ctx: MethodContext, result, out: Path, m
 def print_summary(records: list[dict[str, Any]], out: Path) -> None:
     """The terminal view of a sweep: a Dice table per test set, then where the report is."""
     from segsynth.experiments.report import format_table
-    from segsynth.experiments.verdict import verdict_sentences
+    from segsynth.experiments.verdict import VERDICT_RULE, verdict_sentences
 
     print(format_table(records))
     sentences = verdict_sentences(records)
     if sentences:
-        print("\nVerdict (paired Wilcoxon over test cases; helped = mean difference > 0 and p < 0.05):")
+        print(f"\nVerdict ({VERDICT_RULE}):")
         print("\n".join(f"  {t}" for t in sentences))
     report = Path(out) / "report.html"
     if report.exists():

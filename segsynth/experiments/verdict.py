@@ -1,20 +1,30 @@
 """The verdict a person can act on: did a method help over ``augment`` (and over ``none``)? Computed, never written.
 
-One sentence per (dataset, test set, segmenter) × N × method × baseline, from the sweep records and the paired
-test of ``segsynth.evaluate.stats.compare_methods`` (test cases, or volumes for 2D slices, each averaged over
-the seeds; two-sided Wilcoxon signed-rank on the mean foreground Dice):
+The unit is the split: the labelled cases and the seed of one sweep ``seed``. For each (dataset, test set,
+segmenter) × N × method × baseline, each split gives the mean paired difference of the method and the baseline
+over its test cases (volumes for 2D slices of 3D scans), and the verdict is about the mean of those per-split
+differences (``segsynth.evaluate.split_evidence``: a random-intercept model, t interval on k - 1 degrees of
+freedom; the module says why not the bootstrap):
 
-    "jsrt_lungs (in-domain), N=9: genseg helped: +2.4 Dice over augment (Wilcoxon p = 0.003, 3 seeds × 60 cases)"
+* **helped**: the 95 % interval lies above 0; **hurt**: below 0; **inconclusive** otherwise;
+* with one split the sentence says that a method effect cannot be told from split noise;
+* every sentence names the per-split differences, the chance that the method is worse on a new split, and what
+  these splits can detect (80 % power) and how many would detect ±2 Dice;
+* the case-level Wilcoxon test stays, labelled for what it compares: these trained models, not the method.
 
-A method *helped* when its mean paired difference is > 0 and Wilcoxon p < 0.05; anything else "did not help"
-(with "significantly worse" added when the difference is < 0 and p < 0.05). Dice differences are in points
-(Dice × 100).
+    "kvasir_polyps (in-domain), N=32: separate_aug vs augment: inconclusive: +3.3 Dice [95 % CI −0.1, +6.7] over 6
+    splits (+0.5, +7.8, +2.1, −0.4, +6.3, +3.5); P(worse on a new split) 19 %; these 6 splits can detect effects
+    of ±4.6 Dice; detecting ±2 needs 23 splits. Case level (these 6 pairs of trained models): Wilcoxon p < 0.001
+    over 1200 cases"
+
+Dice differences are in points (Dice × 100).
 
 When the sweep ran ``augment`` at several N, each other method at an N is also placed on augment's curve from
-that N up (``segsynth.evaluate.stats.labelled_equivalent``, interpolated in log N, over the seeds both have):
+that N up (``segsynth.evaluate.stats.labelled_equivalent``, interpolated in log N), over the splits both have,
+and split by split:
 
     "jsrt_lungs (in-domain), N=8: genseg is worth ~13 labelled images with augment (mean Dice 0.912; augment
-    0.901 at N=8, 0.925 at N=16; 3 seeds)"
+    0.901 at N=8, 0.925 at N=16; 3 splits; per split ~9, ~16, fewer than 8)"
 """
 
 from __future__ import annotations
@@ -23,20 +33,21 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from segsynth.evaluate.split_evidence import (
+    ONE_SPLIT,
+    effect_sentence,
+    points,
+    split_case_differences,
+    split_effect,
+)
 from segsynth.evaluate.stats import compare_methods, group_key, labelled_equivalent, ok_records
+from segsynth.experiments.formatting import p_words
 
 ALPHA = 0.05
-
-
-def _p(p: float | None) -> str:
-    from segsynth.experiments.report import _fmt_p
-
-    s = _fmt_p(p)
-    return f"p {s[0]} {s[1:]}" if s.startswith("<") else ("p n/a" if s == "n/a" else f"p = {s}")
-
-
-def _points(diff: float) -> str:
-    return f"{100 * diff:+.1f}".replace("-", "−")
+#: the rule in one line, for the terminal summary and the report
+VERDICT_RULE = ("the split is the unit; helped / hurt = the 95 % interval of the mean per-split difference lies "
+                "above / below 0, inconclusive otherwise")
+WORDS = ("helped", "hurt", "inconclusive", "one split", "no data")
 
 
 def _unit_word(records: Sequence[Mapping[str, Any]], n: int) -> str:
@@ -44,25 +55,29 @@ def _unit_word(records: Sequence[Mapping[str, Any]], n: int) -> str:
     return ("volume" if vol else "case") + ("" if n == 1 else "s")
 
 
+def _case_level(res: Mapping[str, Any], k: int, unit: str) -> str:
+    """The case-level test, labelled as what it compares: these trained models."""
+    models = "these two trained models" if k <= 1 else f"these {k} pairs of trained models"
+    why = f": {res['reason']}" if not math.isfinite(res["wilcoxon_p"]) and res.get("reason") else ""
+    diff = points(res["mean_diff"]) if k <= 1 else ""
+    return (f"Case level ({models}): {diff + ' Dice, ' if diff else ''}Wilcoxon {p_words(res['wilcoxon_p'])}{why} "
+            f"over {res['n']} {unit}")
+
+
 def verdict(records: Sequence[Mapping[str, Any]], method: str, baseline: str, n_train: int,
             group: tuple[str, str, str] | None = None) -> dict[str, Any]:
-    """The paired comparison behind one sentence: ``compare_methods`` + ``helped`` + ``sentence``."""
+    """The comparison behind one sentence: the split-level effect (``split``, see
+    ``segsynth.evaluate.split_evidence.split_effect``) decides ``word`` ("helped", "hurt", "inconclusive",
+    "one split"); ``compare_methods``' case-level test is kept under its own keys. ``helped`` / ``worse`` are
+    ``word == "helped"`` / ``"hurt"``."""
     res = compare_methods(records, method, baseline, n_train, group=group)
-    d, p = res["mean_diff"], res["wilcoxon_p"]
-    sig = p is not None and math.isfinite(p) and p < ALPHA
-    helped = math.isfinite(d) and d > 0 and sig
-    worse = math.isfinite(d) and d < 0 and sig
-    diff = _points(d) if math.isfinite(d) else "n/a"
-    why = f": {res['reason']}" if not math.isfinite(p) and res.get("reason") else ""
-    stats = (f"Wilcoxon {_p(p)}{why}, {res['n_seeds']} seed{'s' if res['n_seeds'] != 1 else ''} × "
-             f"{res['n']} {_unit_word(records, res['n'])}")
-    if helped:
-        text = f"{method} helped: {diff} Dice over {baseline} ({stats})"
-    else:
-        text = f"{method} did not help over {baseline}: {diff} Dice ({stats})"
-        if worse:
-            text += ", significantly worse"
-    return {**res, "helped": helped, "worse": worse, "sentence": text}
+    split = split_effect(split_case_differences(records, method, baseline, n_train, group=group))
+    word = split["word"]
+    unit = _unit_word(records, res["n"])
+    text = (f"{method} vs {baseline}: {word}: {effect_sentence(split)}. "
+            f"{_case_level(res, split['k'], unit)}")
+    return {**res, "split": split, "word": word, "helped": word == "helped", "worse": word == "hurt",
+            "sentence": text}
 
 
 def verdicts(records: Iterable[Mapping[str, Any]], baselines: Sequence[str] = ("augment", "none")
@@ -107,7 +122,9 @@ def worth(records: Iterable[Mapping[str, Any]], baseline: str = "augment",
     """What each method is worth in labelled images of ``baseline``: for each group, each method (not the
     baseline, not those in ``skip``) at each N where the baseline also ran at a larger N, the N at which the
     baseline's mean Dice (over the seeds the method has at that N, from N up) reaches the method's; see
-    ``labelled_equivalent``. Empty when the baseline ran at a single N."""
+    ``labelled_equivalent``. Each split (seed) is also placed on its own curve (``per_split``: "~13", "<8",
+    ">32", or "?" where that split's curve falls); one split gets the one-split sentence. Empty when the baseline
+    ran at a single N."""
     recs = ok_records(list(records))
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in recs:
@@ -131,8 +148,10 @@ def worth(records: Iterable[Mapping[str, Any]], baseline: str = "augment",
             curve = [sum(dice[(baseline, k)][s] for s in seeds) / len(seeds) for k in ns]
             value = sum(by_seed[s] for s in seeds) / len(seeds)
             w = labelled_equivalent(ns, curve, value)
-            points = ", ".join(f"{d:.3f} at N={k}" for k, d in zip(ns, curve))
-            nseeds = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+            per_split = [_placement(labelled_equivalent(ns, [dice[(baseline, k)][s] for k in ns], by_seed[s]), n, ns)
+                         for s in seeds]
+            points_ = ", ".join(f"{d:.3f} at N={k}" for k, d in zip(ns, curve))
+            nsplits = f"{len(seeds)} split{'s' if len(seeds) != 1 else ''}"
             if w["bound"] == "within":
                 what = f"is worth ~{w['n']:.0f} labelled images with {baseline}"
             elif w["bound"] == "below":
@@ -141,20 +160,29 @@ def worth(records: Iterable[Mapping[str, Any]], baseline: str = "augment",
                 what = f"is worth more than {ns[-1]} labelled images with {baseline} (above it at every N measured)"
             else:
                 what = f"cannot be placed on {baseline}'s curve (its Dice falls somewhere between N={ns[0]} and {ns[-1]})"
+            splits_text = ONE_SPLIT if len(seeds) == 1 else f"per split {', '.join(per_split)}"
             out.append({**w, "method": m, "baseline": baseline, "n_train": n, "seeds": seeds, "dice_mean": value,
-                        "curve_n": ns, "curve_dice": curve, "dataset": gk[0], "test_set": gk[1],
-                        "segmenter": gk[2], "sentence": f"{_where(gk, several)}, N={n}: {m} {what} "
-                                                        f"(mean Dice {value:.3f}; {baseline} {points}; {nseeds})"})
+                        "curve_n": ns, "curve_dice": curve, "per_split": per_split, "dataset": gk[0],
+                        "test_set": gk[1], "segmenter": gk[2],
+                        "sentence": f"{_where(gk, several)}, N={n}: {m} {what} (mean Dice {value:.3f}; {baseline} "
+                                    f"{points_}; {nsplits}; {splits_text})"})
     return out
+
+
+def _placement(w: Mapping[str, Any], n: int, ns: Sequence[int]) -> str:
+    """One split's place on the baseline's curve, in a few characters: "~13", "<8", ">32", "?"."""
+    if w["bound"] == "within":
+        return f"~{w['n']:.0f}"
+    return {"below": f"<{n}", "above": f">{ns[-1]}"}.get(w["bound"], "?")
 
 
 def verdict_sentences(records: Iterable[Mapping[str, Any]], baselines: Sequence[str] = ("augment", "none")
                       ) -> list[str]:
-    """The sentences of ``verdicts`` (see the module docstring for their form and the rule for "helped"), then
+    """The sentences of ``verdicts`` (see the module docstring for their form and the verdict words), then
     those of ``worth`` against the first baseline when it ran at several N."""
     records = list(records)
     places = worth(records, baselines[0], skip=baselines[1:]) if baselines else []
     return [v["sentence"] for v in verdicts(records, baselines)] + [w["sentence"] for w in places]
 
 
-__all__ = ["ALPHA", "verdict", "verdict_sentences", "verdicts", "worth"]
+__all__ = ["ALPHA", "VERDICT_RULE", "WORDS", "verdict", "verdict_sentences", "verdicts", "worth"]

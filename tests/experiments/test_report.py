@@ -94,13 +94,19 @@ def test_report_is_self_contained(tmp_path):
     # Failed run is shown (escaped), not fatal.
     assert "Failed runs" in text and "RuntimeError: &lt;out of memory&gt;" in text and "+1 failed" in text
 
-    # Embedded PNGs (the two curves + the sample) decode to real PNG files; no external references.
+    # The verdict at the level of the split: its sentences, its table and the per-split plot.
+    verdict = re.search(r'<div class="summary verdict">(.*?)</div>', text, re.S).group(1)
+    assert "the split is the unit" in verdict and "gen vs none: " in verdict
+    assert "The split-level evidence behind the verdict" in text and "P(worse, new split)" in text
+
+    # Embedded PNGs (the two curves, the per-split verdict plot, the sample) decode to real PNG files; no external
+    # references.
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == 3
+    assert len(images) == 4
     assert all(base64.b64decode(b)[:8] == PNG_MAGIC for b in images)
     assert not re.search(r'src="(?!data:)', text) and "<script" not in text
     # The curves also lie beside the HTML.
-    for name in ("dice_curve.png", "hd95_curve.png"):
+    for name in ("dice_curve.png", "hd95_curve.png", "verdict_splits.png"):
         assert (tmp_path / "rep" / name).read_bytes()[:8] == PNG_MAGIC
     assert not [p for p in (tmp_path / "rep").iterdir() if p.name.startswith(".")]
 
@@ -146,9 +152,9 @@ def test_report_with_external_test_set(tmp_path):
     assert "toy · held-out test cases · segmenter unet" in text
     assert "toy · tested on other_lungs (out of domain) · segmenter unet" in text
     assert "On <b>toy</b> tested on <b>other_lungs</b>, with N=2" in text
-    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert len(pngs) == 4 and all(name.startswith(("dice_curve_", "hd95_curve_")) for name in pngs)
-    assert len(re.findall(r'src="data:image/png;base64,', text)) == 4
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))  # two curves per test set, one verdict plot for both
+    assert len(pngs) == 5 and all(name.startswith(("dice_curve_", "hd95_curve_", "verdict_splits")) for name in pngs)
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == 5
     blocks = format_table(recs + external).split("\n\n")
     assert len(blocks) == 2 and "other_lungs" in blocks[1]
 
