@@ -1,0 +1,114 @@
+"""Every recommendation re-judged at the level of the split (issue 39): the committed sweeps, no training.
+
+Each claim of README.md and benchmarks/README.md that compares two recipes is listed in ``CLAIMS`` with the sweep
+folders it came from (``results/synthesis_pays_<task>_<tag>/<variant>/results.jsonl``; ``headroom_<task>`` for
+"twice the labels"). For each, the verdict of ``segsynth.experiments.verdict`` (split = labelled cases + seed;
+t interval on the per-split mean differences; P(worse on a new split); the splits that would detect ±2 Dice),
+beside the case-level Wilcoxon p the claims used to quote.
+
+    python benchmarks/method_evidence.py        # results/method_evidence.json, .md, and one plot per task
+
+Read-only on the sweeps; seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS  # noqa: E402
+
+from segsynth.evaluate.split_evidence import points  # noqa: E402
+from segsynth.experiments.plots import split_differences  # noqa: E402
+from segsynth.experiments.verdict import verdicts  # noqa: E402
+from segsynth.utils.files import read_jsonl  # noqa: E402
+
+#: (task, sweep folder under results/, method variant, baseline variant, note)
+CLAIMS: list[tuple[str, str, str, str, str]] = [
+    # Kvasir polyps, 32 + 8 labelled, 800 steps, 64², 200 test polyps per split
+    ("kvasir", "synthesis_pays_kvasir_s800x12", "separate_aug", "augment", "Pix2Pix first, pairs on augment"),
+    ("kvasir", "synthesis_pays_kvasir_s800x12", "genseg_aug_fast", "augment", "GenSeg end to end, cheap setting"),
+    ("kvasir", "synthesis_pays_kvasir_s800x12", "spade_aug_seg", "augment", "SPADE with its segmentation term"),
+    ("kvasir", "synthesis_pays_kvasir_s800gwf6", "genseg_aug_wf", "augment", "GenSeg with weight feedback"),
+    ("kvasir", "synthesis_pays_kvasir_s800gf", "genseg_aug", "augment", "GenSeg, the paper's setting"),
+    ("kvasir", "synthesis_pays_kvasir_s800spade", "spade_aug", "augment", "SPADE without its term"),
+    ("kvasir", "synthesis_pays_kvasir_bf16", "augment_bf16", "augment", "bf16 autocast, 200 steps"),
+    ("kvasir", "headroom_kvasir", "augment@64", "augment", "twice the labels (64 vs 32)"),
+    # hippocampus 3D, 2 labelled volumes, 400 steps, 146 test volumes over 6 splits
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400lt", "learned_aug_ma", "augment", "learned transforms, all atlases"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400lt", "learned_aug_ma_fm", "augment", "... with FixMatch"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400lt", "fixmatch", "augment", "FixMatch on unlabelled volumes"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400lt", "learned_aug", "augment", "learned transforms, one atlas"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400lt", "learned_aug_ma", "fixmatch", "all atlases vs FixMatch"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400lt", "learned_aug_ma_fm", "fixmatch", "both vs FixMatch"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400", "separate_aug", "augment", "Pix2Pix first, 3D"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400", "genseg_aug", "augment", "GenSeg, the paper's setting, 3D"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400", "genseg_aug_ae16", "augment", "GenSeg, adaptive alpha, 3D"),
+    ("hippo3d", "synthesis_pays_hippo3d_n2_s400mf", "separate_aug_mf70", "augment", "Pix2Pix, min_fidelity 0.7"),
+    ("hippo3d", "headroom_hippo3d", "augment@4", "augment", "twice the labels (4 vs 2 volumes)"),
+    # ISIC skin lesions, 32 + 8 labelled, in domain (26 test images per split)
+    ("isic", "synthesis_pays_isic_s1600", "genseg_aug_fast", "augment", "GenSeg cheap setting, 1,600 steps"),
+    ("isic", "synthesis_pays_isic_s800", "separate_aug", "augment", "Pix2Pix first"),
+    ("isic", "synthesis_pays_isic_s800", "separate_aug_su50", "augment", "... synthetic in the first half only"),
+    ("isic", "synthesis_pays_isic_s800spade", "spade_aug_seg", "augment", "SPADE with its segmentation term"),
+    ("isic", "headroom_isic", "augment@64", "augment", "twice the labels (64 vs 32)"),
+    # JSRT lungs, 7 + 2 labelled, in domain and on the re-styled copy
+    ("jsrt", "synthesis_pays_jsrt_s800", "separate_aug", "augment", "Pix2Pix first"),
+    ("jsrt", "synthesis_pays_jsrt_s800gf", "genseg_aug_fast", "augment", "GenSeg cheap setting"),
+]
+
+
+def load(folder: str, variant: str, baseline: str) -> list[dict[str, Any]]:
+    """The two variants' records, each relabelled with its variant name; ``augment@K`` is augment at N=K of a
+    headroom sweep, relabelled to the baseline's N so that the verdict pairs it with the baseline's runs."""
+    root = RESULTS / folder
+    if folder.startswith("headroom_"):
+        recs = read_jsonl(root / "results.jsonl")
+        big = int(variant.split("@")[1])
+        base_n = min(int(r["n_train"]) for r in recs)
+        return ([{**r, "method": baseline} for r in recs if int(r["n_train"]) == base_n]
+                + [{**r, "method": variant, "n_train": base_n} for r in recs if int(r["n_train"]) == big])
+    return [{**r, "method": v} for v in (baseline, variant) for r in read_jsonl(root / v / "results.jsonl")]
+
+
+def main() -> None:
+    rows, by_task = [], {}
+    for task, folder, variant, baseline, note in CLAIMS:
+        recs = load(folder, variant, baseline)
+        for v in verdicts(recs, baselines=(baseline,)):
+            if v["method_a"] != variant:
+                continue
+            s = v["split"]
+            row = {"task": task, "folder": folder, "method": variant, "baseline": baseline, "note": note,
+                   "test_set": v["test_set"], "n_train": v["n_train"], "word": v["word"], "k": s["k"],
+                   "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "boot_low": s["boot_low"],
+                   "boot_high": s["boot_high"], "split_diffs": s["split_diffs"], "split_ids": s["split_ids"],
+                   "p_worse": s["p_worse"], "split_t_p": s["p_value"], "detectable": s["detectable"],
+                   "splits_needed": s["splits_needed"], "case_wilcoxon_p": v["wilcoxon_p"], "n_cases": v["n"],
+                   "sentence": v["sentence"]}
+            rows.append(row)
+            by_task.setdefault(task, []).append(v)
+    (RESULTS / "method_evidence.json").write_text(json.dumps({"claims": rows}, indent=1, default=str))
+    lines = ["| task | comparison | test set | verdict | mean Δ [95 % CI] | per split | P(worse) | splits for ±2 | "
+             "case-level p |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = f"[{points(r['ci_low'])}, {points(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
+        pw = f"{100 * r['p_worse']:.0f} %" if math.isfinite(r["p_worse"]) else "–"
+        p = r["case_wilcoxon_p"]
+        lines.append(f"| {r['task']} | {r['method']} vs {r['baseline']} ({r['note']}) | {r['test_set']} | "
+                     f"**{r['word']}** | {points(r['mean'])} {ci} | {', '.join(points(d) for d in r['split_diffs'])} "
+                     f"| {pw} | {r['splits_needed'] if r['splits_needed'] else '–'} | "
+                     f"{p:.1g} |" if math.isfinite(p) else "n/a |")
+    (RESULTS / "method_evidence.md").write_text("\n".join(lines) + "\n")
+    for task, vs in by_task.items():
+        split_differences(vs, RESULTS / f"method_evidence_{task}.png", title=f"{task}: each recipe against its "
+                          "baseline, split by split")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
