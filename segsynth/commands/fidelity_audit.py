@@ -33,6 +33,12 @@ def run_fidelity_audit(a: argparse.Namespace, synthetic_dir: Path, model_dir: Pa
     if synthetic.info.num_classes != real.info.num_classes:
         raise ConfigError(f"{synthetic_dir}: {synthetic.info.num_classes} classes, but {a.data} has "
                           f"{real.info.num_classes}")
+    if model_dir is not None:  # images the saved model cannot take (2D vs 3D, grey vs colour): one line, not torch's
+        from segsynth.segment.model_io import check_input_fits
+
+        for folder, ds in ((a.data, real), (synthetic_dir, synthetic)):
+            check_input_fits(config, ds.info.extra.get("source_spatial_dims", ds.info.spatial_dims),
+                             ds.info.in_channels, folder, model_dir)
     cfg = None if model_dir is not None else train_config_from_args(a)
     if cfg is not None:
         patch = cfg.patch_size

@@ -287,4 +287,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--no-augment", action="store_true", help="no classical augmentation while fine-tuning")
     s.add_argument("--n", type=int, required=True, help="number of labelled training cases")
     s.add_argument("--n-test", type=int, default=None, help="test cases (default: all not used for training)")
+    s.add_argument("--overwrite", action="store_true",  # cmd_train reads it
+                   help="replace the results in an existing non-empty --out (an interrupted run in --out "
+                        "resumes without it)")
     s.set_defaults(func=cmd_finetune)

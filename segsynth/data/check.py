@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from segsynth.data.dataset import read_pair
+from segsynth.data.dataset import read_pair, require_foreground
 from segsynth.data.io import read_mask
 from segsynth.data.layouts import Layout, find_layout, value_map_from_raw
 from segsynth.data.preprocess import PreprocessSpec, apply_spec
@@ -185,7 +185,7 @@ def check_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, max_c
     lo, hi = np.inf, -np.inf
     voxels = dict.fromkeys(layout.labels, 0)
     in_cases = dict.fromkeys(layout.labels, 0)
-    n_working = 0
+    n_working = n_masks = 0
     items: Any = records
     if progress:
         from tqdm.auto import tqdm
@@ -205,6 +205,7 @@ def check_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, max_c
         lo, hi = min(lo, float(case.image.min())), max(hi, float(case.image.max()))
         dtypes.add(str(case.meta.get("dtype")))
         if case.mask is not None:
+            n_masks += 1
             ids, counts = np.unique(case.mask, return_counts=True)
             for i, n in zip(ids.tolist(), counts.tolist()):
                 voxels[i] = voxels.get(i, 0) + int(n)
@@ -236,7 +237,13 @@ def check_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, max_c
         report.warnings.append("some images are grey and some RGB; grey ones will be repeated to 3 channels")
     if spec is not None:
         report.n_working_cases = n_working
+    foreground = any(n > 0 for cid, n in voxels.items() if cid != 0)
+    if n_masks and not foreground:  # load_dataset's rule (train refuses such masks): a problem, not a warning
+        try:
+            require_foreground(foreground, n_masks, root)
+        except SegsynthError as e:
+            report.problems.append(str(e))
     absent = [f"{cid} {name}" for cid, name in layout.labels.items() if cid != 0 and voxels.get(cid, 0) == 0]
-    if absent and report.n_read:
+    if absent and report.n_read and foreground:  # (no foreground at all is the problem above)
         report.warnings.append(f"classes never present in the masks read: {', '.join(absent)}")
     return report

@@ -151,6 +151,19 @@ def _predictions_format(layout: Layout) -> str:
     return fmt if fmt == "nifti" else "png"
 
 
+def require_foreground(found: bool, n_cases: int, root: str | Path) -> None:
+    """The rule ``load_dataset`` (train, sweep, ...) and ``check_dataset`` (check-data) share: labelled data whose
+    masks hold no pixel of any class (``found`` is False) cannot be used, there is nothing to learn or measure.
+
+    Raises:
+        DataError: naming ``root``.
+    """
+    if not found:
+        raise DataError(f"every mask of the {n_cases} cases is background only (no pixel of any class): there "
+                        "is nothing to learn or measure; check the masks and their values with `segsynth check-data`",
+                        root)
+
+
 def load_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, unlabelled_ok: bool = False,
                  max_cases: int | None = None, progress: bool = True) -> LoadedDataset:
     """Load, validate and preprocess every case of a dataset folder.
@@ -185,10 +198,8 @@ def load_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, unlabe
                                 normalise=override))
     if not cases:
         raise DataError("no cases left after preprocessing (every slice was empty?)", root)
-    if not unlabelled_ok and not any(bool(np.any(c.mask)) for c in cases if c.mask is not None):
-        raise DataError(f"every mask of the {len(records)} cases is background only (no pixel of any class): there "
-                        "is nothing to learn or measure; check the masks and their values with `segsynth check-data`",
-                        root)
+    if not unlabelled_ok:
+        require_foreground(any(bool(np.any(c.mask)) for c in cases if c.mask is not None), len(records), root)
     in_channels = _harmonise_channels(cases, root)
     assert source_dims is not None
     sliced = source_dims == 3 and spec.spatial_dims == 2

@@ -22,10 +22,14 @@ not at all.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import io as _io
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,18 +102,49 @@ def _check_file(path: Path) -> None:
         raise DataError(f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})", path)
 
 
+_NIBABEL_LOGGERS = ("nibabel", "nibabel.global")  # nibabel logs header problems on "nibabel.global"
+_nibabel_quiet = threading.Lock()
+_nibabel_quiet_depth = 0
+_nibabel_levels: list[int] = []
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's own log lines while a file is read (a corrupt header makes it log a WARNING and an
+    ERROR, through its handler and again through the root logger, before raising): what is wrong with the file
+    reaches the user once, as our ``DataError``. The loggers' levels are restored afterwards; safe when several
+    threads read files at once (the first in silences, the last out restores)."""
+    global _nibabel_quiet_depth, _nibabel_levels
+    loggers = [logging.getLogger(name) for name in _NIBABEL_LOGGERS]
+    with _nibabel_quiet:
+        if _nibabel_quiet_depth == 0:
+            _nibabel_levels = [lg.level for lg in loggers]
+            for lg in loggers:
+                lg.setLevel(logging.CRITICAL + 1)
+        _nibabel_quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _nibabel_quiet:
+            _nibabel_quiet_depth -= 1
+            if _nibabel_quiet_depth == 0:
+                for lg, level in zip(loggers, _nibabel_levels):
+                    lg.setLevel(level)
+
+
 def _load_nifti(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """The raw voxel array (file dtype, scaling applied only if the header asks for it) and meta."""
     import nibabel as nib
 
-    try:
-        img = nib.load(str(path))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as e:  # nibabel raises many types: ImageFileError, EOFError, zlib.error, OSError
-        raise DataError(f"cannot read NIfTI file ({type(e).__name__}: {e}); is it truncated or corrupt?",
-                        path) from e
-    arr = np.asarray(arr)
-    zooms = [float(z) for z in img.header.get_zooms()]
+    with _quiet_nibabel():
+        try:
+            img = nib.load(str(path))
+            arr = np.asanyarray(img.dataobj)
+        except Exception as e:  # nibabel raises many types: ImageFileError, EOFError, zlib.error, OSError
+            raise DataError(f"cannot read NIfTI file ({type(e).__name__}: {e}); is it truncated or corrupt?",
+                            path) from e
+        arr = np.asarray(arr)
+        zooms = [float(z) for z in img.header.get_zooms()]
     meta: dict[str, Any] = {
         "path": str(path),
         "format": "nifti",

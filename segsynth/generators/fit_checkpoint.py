@@ -17,7 +17,8 @@ JSON-able extras (loss histories, derived numbers). A rerun restores them and co
 it ends with the weights an uninterrupted run would have (same device, deterministic kernels). A finished
 stage (``stage.finished(steps)``) can be skipped whole. A checkpoint written with another key (changed
 configuration, seed or data) is ignored with a warning and the stage starts afresh. Files load with
-``torch.load(..., weights_only=True)``: only tensors, numbers, strings and containers are stored.
+``segsynth.utils.checkpoint.load_checkpoint`` (``torch.load(..., weights_only=True)``): only tensors, numbers,
+strings and containers are stored; a file that is not like that is ignored with a warning too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 
 import torch
 
-from segsynth.errors import ConfigError
+from segsynth.errors import ConfigError, DataError
+from segsynth.utils.checkpoint import load_checkpoint
 from segsynth.utils.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -106,9 +108,9 @@ class StageCheckpoint:
         if self.path is None or not self.path.exists():
             return None
         try:
-            ck = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unreadable: written by something else, or damaged
-            log.warning("ignoring unreadable checkpoint %s (%s); training stage %s afresh", self.path, e, self.name)
+            ck = load_checkpoint(self.path)
+        except DataError as e:  # written by something else, or damaged: this stage starts afresh
+            log.warning("ignoring %s; training stage %s afresh", e, self.name)
             return None
         if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("stage") != self.name:
             log.warning("ignoring checkpoint %s: not a stage checkpoint of this version; training stage %s afresh",

@@ -17,7 +17,7 @@ from monai.networks.layers import Act, Conv, Norm
 from monai.networks.nets import BasicUNet, DynUNet
 from monai.networks.nets.resnet import ResNetFeatures
 
-from segsynth.errors import ConfigError
+from segsynth.errors import ConfigError, DataError
 
 SEGMENTERS = ("unet", "dynunet", "deeplab")
 
@@ -52,17 +52,26 @@ def build_segmenter(name: str, spatial_dims: int, in_channels: int, out_channels
     return model
 
 
-def check_input_size(model: torch.nn.Module, spatial_shape: Sequence[int]) -> None:
+def check_input_size(model: torch.nn.Module, spatial_shape: Sequence[int], where: object | None = None,
+                     options_hint: bool = True) -> None:
     """A clear error where an input is too small for the segmenter: its deepest level (1/``size_divisor`` of
-    each axis) must hold more than one voxel, or instance normalisation fails deep inside torch."""
+    each axis) must hold more than one voxel, or instance normalisation fails deep inside torch.
+
+    Args:
+        where: the file (or folder) the input comes from: a ``DataError`` naming it (else a ``ConfigError``).
+        options_hint: end with the options that set the working size (training; a saved model's is fixed).
+    """
     divisor = int(getattr(model, "size_divisor", 1) or 1)
     shape = tuple(int(s) for s in spatial_shape)
     deepest = [max(1, s // divisor) for s in shape]
     if divisor > 1 and math.prod(deepest) <= 1:
         name = getattr(model, "segsynth_config", {}).get("name", type(model).__name__)
-        raise ConfigError(f"inputs of {'x'.join(map(str, shape))} voxels are too small for the {name} segmenter: "
-                          f"it down-samples {divisor}x, so its deepest level would be a single voxel; use a "
-                          f"working size of at least {2 * divisor} along one axis (--size, --shape-3d or --patch)")
+        problem = (f"inputs of {'x'.join(map(str, shape))} voxels are too small for the {name} segmenter: it "
+                   f"down-samples {divisor}x, so its deepest level would be a single voxel; it needs at least "
+                   f"{2 * divisor} voxels along one axis")
+        if options_hint:
+            problem += " (set the working size with --size, --shape-3d or --patch)"
+        raise DataError(problem, where) if where is not None else ConfigError(problem)
 
 
 def _dynunet(spatial_dims: int, in_channels: int, out_channels: int, levels: int = 5,

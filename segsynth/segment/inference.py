@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from segsynth.data.case import Case
+from segsynth.nets.segmenters import check_input_size
 from segsynth.utils.labels import class_argmax
 
 
@@ -40,10 +41,40 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, patch_size: Sequence
     return out[sl]
 
 
+def forward_shape(shape: Sequence[int], divisor: int, patch_size: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The spatial shape the network sees for an image of spatial ``shape``: the sliding window's patch where the
+    image exceeds ``patch_size`` (smaller images are padded to it), else the whole image padded to ``divisor``."""
+    shape = tuple(int(s) for s in shape)
+    if patch_size is not None and not all(s <= p for s, p in zip(shape, patch_size)):
+        return tuple(int(p) for p in patch_size)
+    return tuple(s + (-s) % max(1, divisor) for s in shape)
+
+
+def check_images_fit(model: torch.nn.Module, shapes: Sequence[Sequence[int]], patch_size: Sequence[int] | None = None,
+                     names: Sequence[object] | None = None, options_hint: bool = False) -> None:
+    """Refuse, before any forward pass, an image (spatial shape) too small for ``model``: a one-line error naming
+    it (``names[i]``: its file) with its size and the minimum, instead of instance normalisation's error."""
+    divisor = int(getattr(model, "size_divisor", 1) or 1)
+    seen: set[tuple[int, ...]] = set()
+    for i, shape in enumerate(shapes):
+        fwd = forward_shape(shape, divisor, patch_size)
+        if fwd not in seen:
+            check_input_size(model, fwd, where=None if names is None else names[i], options_hint=options_hint)
+            seen.add(fwd)
+
+
+def case_names(cases: Sequence[Case]) -> list[str]:
+    """What to call each case in a message: its image file, else its id."""
+    return [str(c.meta.get("image_path") or c.case_id) for c in cases]
+
+
 def predict(model: torch.nn.Module, image: np.ndarray | torch.Tensor, num_classes: int | None = None,
-            patch_size: Sequence[int] | None = None, device: torch.device | str | None = None) -> np.ndarray:
-    """Predicted label map (*S) int64 for one image (C, *S) (sliding window only where it exceeds ``patch_size``)."""
-    return predict_many(model, [image], patch_size=patch_size, device=device)[0]
+            patch_size: Sequence[int] | None = None, device: torch.device | str | None = None,
+            name: object | None = None) -> np.ndarray:
+    """Predicted label map (*S) int64 for one image (C, *S) (sliding window only where it exceeds ``patch_size``);
+    ``name`` (its file) is named when the image is too small for the model."""
+    return predict_many(model, [image], patch_size=patch_size, device=device,
+                        names=None if name is None else [name])[0]
 
 
 #: voxels per forward pass when ``predict_many`` stacks images (2D slices at 64²: 64 per pass, capped by
@@ -55,7 +86,7 @@ MAX_BATCH = 64
 
 def predict_many(model: torch.nn.Module, images: Sequence[np.ndarray | torch.Tensor],
                  patch_size: Sequence[int] | None = None, device: torch.device | str | None = None,
-                 batch_voxels: int = BATCH_VOXELS) -> list[np.ndarray]:
+                 batch_voxels: int = BATCH_VOXELS, names: Sequence[object] | None = None) -> list[np.ndarray]:
     """Predicted label maps (*S) int64 of several images (C, *S), as ``predict`` gives them one by one.
 
     Consecutive images of one shape that need no sliding window go through the network together, up to
@@ -66,10 +97,11 @@ def predict_many(model: torch.nn.Module, images: Sequence[np.ndarray | torch.Ten
     not depend on its neighbours in the batch, up to float rounding (the kernels for a batch of 10 and of 1
     differed by 3e-6-1e-5 in the logits of U-Net, DynUNet and DeepLab; their label maps were equal).
     """
+    arrays = [torch.as_tensor(np.asarray(im), dtype=torch.float32) for im in images]
+    check_images_fit(model, [a.shape[1:] for a in arrays], patch_size, names)  # too small: one line, no torch error
     was_training = model.training
     model.eval()
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    arrays = [torch.as_tensor(np.asarray(im), dtype=torch.float32) for im in images]
     out: list[np.ndarray] = []
     i = 0
     while i < len(arrays):
@@ -90,4 +122,4 @@ def predict_many(model: torch.nn.Module, images: Sequence[np.ndarray | torch.Ten
 
 def predict_cases(model: torch.nn.Module, cases: Sequence[Case], patch_size: Sequence[int] | None = None,
                   device: torch.device | str | None = None) -> list[np.ndarray]:
-    return predict_many(model, [c.image for c in cases], patch_size=patch_size, device=device)
+    return predict_many(model, [c.image for c in cases], patch_size=patch_size, device=device, names=case_names(cases))

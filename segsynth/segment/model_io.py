@@ -15,7 +15,7 @@ import torch
 from segsynth.data.case import DatasetInfo
 from segsynth.errors import DataError
 from segsynth.nets.segmenters import build_segmenter
-from segsynth.utils.config import load_state, save_module
+from segsynth.utils.config import load_module_state, load_state, save_module
 
 
 def save_segmenter(model: torch.nn.Module, directory: str | Path, info: DatasetInfo, spec: Any = None,
@@ -44,10 +44,7 @@ def load_segmenter(directory: str | Path, device: torch.device | str = "cpu") ->
                         "written by another version", Path(directory) / "model.json")
     model = build_segmenter(seg["name"], seg["spatial_dims"], seg["in_channels"], seg["out_channels"],
                             **seg.get("kwargs", {}))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise DataError(f"weights do not fit the saved configuration: {e}", directory) from e
+    load_module_state(model, state, directory)
     return model.to(device).eval(), config
 
 

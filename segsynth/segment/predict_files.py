@@ -55,6 +55,7 @@ def predict_case(model: torch.nn.Module, raw: Case, spec: PreprocessSpec, modali
                  patch_size=None, device=None) -> np.ndarray:
     """Label map of one raw case (as read from disk) in its original geometry."""
     pspec = replace(spec, keep_empty_slices=1.0)  # every slice of a volume is predicted
+    name = raw.meta.get("image_path") or raw.meta.get("path") or raw.case_id  # named if too small for the model
     cases = apply_spec(raw, pspec, modality=modality, file_format=raw.meta["format"])
     source_shape = tuple(raw.image.shape[1:])
     if raw.spatial_dims == 3 and cases[0].spatial_dims == 2:
@@ -65,13 +66,13 @@ def predict_case(model: torch.nn.Module, raw: Case, spec: PreprocessSpec, modali
         out = np.zeros(shape_after_crop, dtype=np.int64)
         slice_shape = tuple(s for i, s in enumerate(shape_after_crop) if i != axis)
         for c in cases:
-            pred = _resize_labels(predict(model, c.image, num_classes, device=device), slice_shape)
+            pred = _resize_labels(predict(model, c.image, num_classes, device=device, name=name), slice_shape)
             idx = [slice(None)] * 3
             idx[axis] = c.meta["slice_index"]
             out[tuple(idx)] = pred
         return _uncrop(out, inner) if inner else out.reshape(vol_shape)
     case = cases[0]
-    pred = predict(model, case.image, num_classes, patch_size=patch_size, device=device)
+    pred = predict(model, case.image, num_classes, patch_size=patch_size, device=device, name=name)
     if "crop_pad" in case.meta:
         pred = _uncrop(pred, case.meta["crop_pad"])
     return _resize_labels(pred, source_shape)
@@ -82,7 +83,7 @@ def predict_folder(model_dir: str | Path, input_path: str | Path, out: str | Pat
     """Predict every image of a file or folder; returns the written mask paths."""
     dev = resolve_device(device)
     model, config = load_segmenter(model_dir, dev)
-    spec = PreprocessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["spec"].items()})
+    spec = PreprocessSpec.from_json(config["spec"])
     info = DatasetInfo.from_json(config["info"])
     num_classes = info.num_classes
     id_to_raw = {cid: raw for raw, cid in value_map_of(info).items()}  # masks are written in the stored values

@@ -9,7 +9,8 @@
   share of step time the loop waited for data.
 * Validation Dice every ``val_every`` steps selects the best weights (never the test cases).
 * Checkpoints are written atomically and loaded with ``torch.load(weights_only=True)``; a run killed at any
-  point resumes from its last checkpoint and ends exactly as an uninterrupted run would.
+  point resumes from its last checkpoint and ends exactly as an uninterrupted run would. A checkpoint file
+  that is not weights-only (or is damaged) stops the run with a ``DataError`` naming it.
 * Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, NCCL on GPU): every rank draws its
   own batches (seeded by rank), rank 0 validates and checkpoints, and the best weights are broadcast.
 * Methods that train something beside the segmenter (GenSeg's generator and architecture) plug in through
@@ -41,9 +42,11 @@ from tqdm.auto import tqdm
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
 from segsynth.nets.segmenters import check_input_size
-from segsynth.segment.inference import predict_many
+from segsynth.segment.inference import case_names, check_images_fit, predict_many
 from segsynth.segment.losses import dice_ce_loss, soft_dice_per_class
 from segsynth.segment.sources import PairSource, Prefetcher, source_statistics
+from segsynth.utils.checkpoint import load_checkpoint
+from segsynth.utils.config import load_module_state
 from segsynth.utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from segsynth.utils.files import atomic_path
 from segsynth.utils.precision import (
@@ -152,7 +155,8 @@ def validation_dice(model: torch.nn.Module, cases: Sequence[Case], num_classes: 
     """Mean over cases of the mean foreground Dice (predictions under ``dtype`` autocast, Dice in fp32)."""
     scores = []
     with autocast(device, dtype):
-        preds = predict_many(model, [c.image for c in cases], patch_size=patch_size, device=device)
+        preds = predict_many(model, [c.image for c in cases], patch_size=patch_size, device=device,
+                             names=case_names(cases))
     for c, pred in zip(cases, preds):
         d = soft_dice_per_class(torch.from_numpy(pred), torch.as_tensor(c.mask), num_classes)
         scores.append(float(d.mean()))
@@ -172,6 +176,9 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
                     checkpoint_every: int | None = None) -> TrainResult:
     """Train ``model`` on batches from ``source``; return it with the best validation weights loaded."""
     cfg = cfg or TrainConfig()
+    # validation images too small for the network: refused now, naming the file, not after val_every steps
+    check_images_fit(model, [c.spatial_shape for c in val_cases], cfg.patch_size, case_names(val_cases),
+                     options_hint=True)
     device = resolve_device(device)
     distributed = init_distributed_from_env(device)
     rank = _rank()
@@ -192,9 +199,9 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
     start_step, best, best_step, best_state, history = 0, -1.0, 0, None, []
     ckpt_path = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ck.get("fingerprint") == cfg.fingerprint():
-            model.load_state_dict(ck["model"])
+        ck = load_checkpoint(ckpt_path)  # a file that is not a weights-only checkpoint: DataError naming it
+        if isinstance(ck, dict) and ck.get("fingerprint") == cfg.fingerprint():
+            load_module_state(model, ck["model"], ckpt_path, "checkpoint weights")  # e.g. other channels: 1 line
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             gen.set_state(ck["generator"][rank] if rank < len(ck["generator"]) else ck["generator"][0])

@@ -177,4 +177,5 @@ def test_all_background_masks_are_refused(tmp_path):
     with pytest.raises(DataError, match="background only") as e:
         _load(root)
     assert str(root) in str(e.value)
-    assert check_dataset(root).n_read == 3  # check-data still reads them (and warns)
+    report = check_dataset(root)  # check-data reads them all and reports the same problem train refuses
+    assert report.n_read == 3 and report.problems == [str(e.value)]

@@ -14,6 +14,7 @@ from segsynth.data.case import Case
 from segsynth.data.transforms import RandomSpatial
 from segsynth.errors import ConfigError, DataError
 from segsynth.generators.fit_checkpoint import fingerprint
+from segsynth.utils.config import load_module_state
 from segsynth.utils.precision import autocast, resolve_precision
 from segsynth.utils.seed import seeded_scope
 
@@ -170,11 +171,8 @@ def _init_args(fn: Any, values: dict[str, Any]) -> dict[str, Any]:
 
 def load_weights(directory: str | Path, *pairs: tuple[torch.nn.Module, dict[str, Any]]) -> None:
     """Load saved state dicts into modules; weights that do not fit the saved configuration: DataError."""
-    try:
-        for module, state in pairs:
-            module.load_state_dict(state)
-    except RuntimeError as e:
-        raise DataError(f"weights do not fit the saved configuration: {e}", directory) from e
+    for module, state in pairs:
+        load_module_state(module, state, directory)
 
 
 def _fit_key(kind: str, config: dict[str, Any], not_fit: set[str], seed: int, *data: Any) -> str:

@@ -24,7 +24,7 @@ from segsynth.generators.genseg.sources import AugmentedMasks, as_mask_tensor
 from segsynth.generators.seg_term import SegmentationTerm, seg_term_features
 from segsynth.nets.pix2pix import PatchGANDiscriminator, Pix2PixGenerator, auto_disc_layers, auto_num_downs
 from segsynth.segment.sources import CaseSource
-from segsynth.utils.config import load_state, save_module
+from segsynth.utils.config import load_module_state, load_state, save_module
 from segsynth.utils.device import resolve_device
 from segsynth.utils.files import atomic_dir, write_json
 from segsynth.utils.precision import autocast
@@ -355,15 +355,12 @@ class GenSegGenerator:
         self = cls(**opts)
         state, net_cfg = load_state(directory, "generator")
         net = Pix2PixGenerator(**net_cfg)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise DataError(f"generator weights do not fit its configuration: {e}", directory) from e
+        load_module_state(net, state, directory, "generator weights")
         self.net = net
         if (directory / "discriminator.safetensors").exists():
             dstate, dcfg = load_state(directory, "discriminator")
             self.disc = PatchGANDiscriminator(**dcfg)
-            self.disc.load_state_dict(dstate)
+            load_module_state(self.disc, dstate, directory, "discriminator weights")
         self.num_classes = int(cfg["num_classes"])
         self.image_channels = int(cfg["image_channels"])
         self.spatial_shape = cfg.get("spatial_shape")

@@ -35,7 +35,7 @@ from segsynth.nets.registration import (
     warp_image,
     warp_labels,
 )
-from segsynth.utils.config import load_state, save_module
+from segsynth.utils.config import load_module_state, load_state, save_module
 from segsynth.utils.files import atomic_path, write_json
 from segsynth.utils.precision import check_precision, full_precision
 from segsynth.utils.seed import derive_seed, torch_generator
@@ -409,10 +409,7 @@ class LearnedTransforms(torch.nn.Module):
         if "init" not in config:
             raise DataError("transforms.json has no 'init' entry: not a learned-transforms folder", directory)
         model = cls(**config["init"])
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise DataError(f"weights do not fit the saved configuration: {e}", directory) from e
+        load_module_state(model, state, directory)
         model.atlas_id = config.get("atlas_id", "")
         model.fit_stats = config.get("fit_stats", {})
         bank_path = directory / "bank.safetensors"
