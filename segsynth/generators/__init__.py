@@ -38,10 +38,20 @@ METHODS: dict[str, str] = {
     "genseg+fixmatch": "segsynth.generators.semi_supervised.methods:GenSegFixMatchMethod",
     "genseg+mean_teacher": "segsynth.generators.semi_supervised.methods:GenSegMeanTeacherMethod",
     "brainspade+fixmatch": "segsynth.generators.semi_supervised.methods:BrainSpadeFixMatchMethod",
+    # nnU-Net v2 (the nnunet extra); nnunet+NAME for any method NAME that makes synthetic pairs
+    "nnunet": "segsynth.generators.nnunet:NnUNetMethod",
+    "nnunet+separate_aug": "segsynth.generators.nnunet:NnUNetSeparateAugMethod",
+    "nnunet+genseg_aug": "segsynth.generators.nnunet:NnUNetGenSegAugMethod",
+    "nnunet+spade": "segsynth.generators.nnunet:NnUNetSpadeMethod",
+    "nnunet+brainspade": "segsynth.generators.nnunet:NnUNetBrainSpadeMethod",
 }
 
 
 def get_method(name: str, **options: Any) -> Method:
+    if name not in METHODS and name.startswith("nnunet+") and name.split("+", 1)[1] in METHODS:
+        from segsynth.generators.nnunet import NnUNetGeneratorMethod
+
+        return NnUNetGeneratorMethod(generator=name.split("+", 1)[1], **options)
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
     module, cls = METHODS[name].split(":")

@@ -1,0 +1,122 @@
+"""nnU-Net v2 as a sweep method, with nnU-Net itself as the client: its dataset check reads what
+``segsynth export --format nnunet`` writes, and a sweep trains and predicts with it end to end.
+
+Tests that run nnU-Net skip without nnunetv2 (``make test`` installs the ``nnunet`` extra, so CI runs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from segsynth.cli import main
+from segsynth.errors import ConfigError
+from segsynth.generators import METHODS, get_method
+from segsynth.generators.nnunet import NnUNetGeneratorMethod, nnunet_available, schedule
+from segsynth.segment.train import TrainConfig
+from tests.conftest import write_png_dataset
+from tests.data.data_builders import make_msd
+
+needs_nnunet = pytest.mark.skipif(not nnunet_available(), reason="nnunetv2 is not installed: "
+                                  "pip install 'segsynth[nnunet]' (make test installs it)")
+NNUNET_ENV = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA")
+
+
+def test_listed_and_refused_in_one_line_without_the_extra(tmp_path, monkeypatch, capsys):
+    assert main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    assert "nnunet " in listed and "nnunet+separate_aug" in listed
+    monkeypatch.setattr("segsynth.generators.nnunet.nnunet_available", lambda: False)
+    data = write_png_dataset(tmp_path / "d", n=6)
+    code = main(["sweep", "--data", str(data), "--methods", "augment,nnunet", "--n", "1", "--seeds", "1",
+                 "--out", str(tmp_path / "out"), "--steps", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and 'pip install "segsynth[nnunet]"' in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()  # refused before any run
+
+
+def test_budgets():
+    cfg = TrainConfig(steps=20, batch_size=4)  # the sweep's other runs see 80 images
+    opts = get_method("nnunet").option_values()
+    b = schedule(opts, cfg, nnunet_batch=6, seconds=None)
+    assert b["budget"] == "images" and b["matched_images"] == 80
+    assert (b["epochs"], b["iterations_per_epoch"], b["val_iterations_per_epoch"]) == (1, 14, 3)  # ceil(80 / 6)
+    b = schedule({**opts, "iterations_per_epoch": 5}, cfg, nnunet_batch=6, seconds=None)
+    assert (b["epochs"], b["iterations_per_epoch"]) == (3, 5)  # >= 80 images in whole epochs
+    b = schedule({**opts, "budget": "epochs"}, cfg, nnunet_batch=6, seconds=None)
+    assert (b["epochs"], b["iterations_per_epoch"], b["val_iterations_per_epoch"]) == (1000, 250, 50)  # nnU-Net's
+    b = schedule({**opts, "budget": "seconds"}, cfg, nnunet_batch=6, seconds=12.5)
+    assert b["seconds"] == 12.5 and b["iterations_per_epoch"] == 14
+    with pytest.raises(ConfigError, match="budget"):
+        get_method("nnunet", budget="steps")
+    with pytest.raises(ConfigError, match="unknown options"):
+        get_method("nnunet", n_synthetic=3)  # only nnunet+GENERATOR takes it
+
+
+def test_nnunet_plus_generator_names_and_options():
+    m = get_method("nnunet+spade", n_synthetic=3, budget="seconds", seconds=5, spade_steps=7)
+    assert isinstance(m, NnUNetGeneratorMethod) and m.name == "nnunet+spade"
+    assert m.inner_name == "spade" and m.inner_options == {"spade_steps": 7}  # the rest goes to the generator
+    assert m.option_values()["n_synthetic"] == 3 and m.makes_synthetic_pairs()
+    generic = get_method("nnunet+separate")  # any generator method, registered by name or not
+    assert generic.name == "nnunet+separate" and "nnunet+separate" not in METHODS
+    with pytest.raises(ConfigError, match="makes no synthetic pairs"):
+        get_method("nnunet+augment")
+
+
+def _verify(folder) -> None:
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(folder), num_processes=1)  # raises on any problem nnU-Net finds
+
+
+@needs_nnunet
+def test_export_passes_nnunets_own_check_2d_png(tmp_path):
+    data = write_png_dataset(tmp_path / "blobs", n=4)
+    assert main(["export", "--data", str(data), "--format", "nnunet", "--dataset-id", "12", "--file-ending",
+                 ".png", "--out", str(tmp_path / "raw")]) == 0
+    folder = next((tmp_path / "raw").glob("Dataset012_*"))
+    assert json.loads((folder / "dataset.json").read_text())["file_ending"] == ".png"
+    _verify(folder)
+
+
+@needs_nnunet
+def test_export_passes_nnunets_own_check_3d_nifti(tmp_path):
+    data = make_msd(tmp_path / "msd", n=3, shape=(10, 12, 8))
+    assert main(["export", "--data", str(data), "--format", "nnunet", "--dataset-id", "13",
+                 "--out", str(tmp_path / "raw")]) == 0
+    folder = next((tmp_path / "raw").glob("Dataset013_*"))
+    assert len(list((folder / "imagesTr").glob("*_0000.nii.gz"))) == 3
+    _verify(folder)
+
+
+@needs_nnunet
+@pytest.mark.slow
+def test_sweep_with_nnunet_end_to_end(tmp_path):
+    """augment and nnunet on the same split: nnU-Net plans, trains one short epoch, predicts; the records pair."""
+    data = write_png_dataset(tmp_path / "blobs", n=8)
+    out = tmp_path / "sweep"
+    before = {k: os.environ.get(k) for k in NNUNET_ENV}
+    assert main(["sweep", "--data", str(data), "--methods", "augment,nnunet", "--n", "2", "--n-val", "2",
+                 "--seeds", "1", "--steps", "4", "--batch-size", "2", "--size", "32", "--threads", "1",
+                 "--no-fidelity", "--method-opt", "nnunet.iterations_per_epoch=2", "--out", str(out)]) == 0
+    assert {k: os.environ.get(k) for k in NNUNET_ENV} == before  # nothing set in this process
+    records = {r["method"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    nn, aug = records["nnunet"], records["augment"]
+    assert nn["status"] == "ok", nn.get("error")
+    assert [p["case_id"] for p in nn["per_case"]] == [p["case_id"] for p in aug["per_case"]]  # paired
+    assert nn["train_ids"] == aug["train_ids"] and nn["val_ids"] == aug["val_ids"]
+    assert 0.0 <= nn["dice_mean"] <= 1.0 and np.isfinite(nn["val_dice"])
+    b = nn["nnunet_budget"]
+    assert b["budget"] == "images" and b["matched_images"] == 8 and b["iterations_per_epoch"] == 2
+    assert b["epochs_run"] == b["epochs"] and b["images_seen"] >= 8
+    run = out / "runs" / "nnunet_n2_s0" / "nnunet"
+    assert (run / "raw" / "Dataset501_segsynth" / "dataset.json").exists()
+    split = json.loads((run / "preprocessed" / "Dataset501_segsynth" / "splits_final.json").read_text())
+    assert split == [{"train": ["tr_0000", "tr_0001"], "val": ["val_0000", "val_0001"]}]  # the sweep's own split
+    fold = run / "results" / "Dataset501_segsynth" / "nnUNetTrainerSegsynthBudget__nnUNetPlans__2d" / "fold_0"
+    assert (fold / "checkpoint_final.pth").exists() and (fold / "validation" / "summary.json").exists()
