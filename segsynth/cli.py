@@ -260,9 +260,8 @@ def _sweep_executor(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_demo(a: argparse.Namespace) -> int:
     from segsynth.experiments.demo import DemoConfig, run_demo
 
-    # progress bars only on a terminal: in a log file or a pipe the sweep's one line per run is the progress
-    run_demo(DemoConfig(out=a.out, device=a.device, seed=a.seed, steps=a.steps,
-                        progress=not a.quiet and sys.stderr.isatty()))
+    # progress bars only on a terminal (segsynth.utils.progress decides, for every bar)
+    run_demo(DemoConfig(out=a.out, device=a.device, seed=a.seed, steps=a.steps, progress=not a.quiet))
     return 0
 
 

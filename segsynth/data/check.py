@@ -18,6 +18,7 @@ from segsynth.data.io import read_mask
 from segsynth.data.layouts import Layout, find_layout, value_map_from_raw
 from segsynth.data.preprocess import PreprocessSpec, apply_spec
 from segsynth.errors import SegsynthError
+from segsynth.utils.progress import progress_iter
 
 MAX_DETECTED_VALUES = 64
 
@@ -186,12 +187,7 @@ def check_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, max_c
     voxels = dict.fromkeys(layout.labels, 0)
     in_cases = dict.fromkeys(layout.labels, 0)
     n_working = n_masks = 0
-    items: Any = records
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(records, desc=f"checking {layout.name}", leave=False, unit="case")
-    for record in items:
+    for record in progress_iter(records, f"checking {layout.name}", progress):
         try:
             case = read_pair(layout, record, with_mask=record.mask is not None and bool(layout.value_map))
         except SegsynthError as e:

@@ -28,6 +28,7 @@ from segsynth.data.io import file_format, read_image, read_mask
 from segsynth.data.layouts import Layout, PairRecord, find_layout
 from segsynth.data.preprocess import PreprocessSpec, apply_spec
 from segsynth.errors import DataError
+from segsynth.utils.progress import progress_iter
 
 AFFINE_TOLERANCE = 1e-3  # relative to the largest affine entry (mm); 1e-3 of 200 mm = 0.2 mm
 
@@ -127,11 +128,7 @@ def _harmonise_channels(cases: list[Case], root: Path) -> int:
 
 
 def _progress(items: list, desc: str, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, leave=False, unit="case", disable=None)  # None: bars on a terminal only
+    return progress_iter(items, desc, enabled)  # bars on a terminal only
 
 
 def _check_dims(raw: Case, first_dims: int | None, spec: PreprocessSpec, layout: Layout, record: PairRecord) -> int:

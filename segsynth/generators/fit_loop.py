@@ -28,11 +28,7 @@ from tqdm.auto import tqdm
 
 from segsynth.generators.fit_checkpoint import StageCheckpoint
 from segsynth.utils.precision import autocast, resolve_precision
-
-
-def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
-    """The training loops' progress bar (hidden when ``enabled`` is False)."""
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+from segsynth.utils.progress import progress_bar  # the loops' bar (terminal only); FitLoop looks it up here
 
 
 def tail_mean(values: Sequence[float]) -> float:
@@ -54,7 +50,7 @@ class FitLoop:
     Args:
         desc: name on the progress bar.
         steps: total steps of the loop.
-        progress: show the progress bar.
+        progress: show the progress bar (on a terminal only: ``segsynth.utils.progress``).
         stage: checkpoint of this loop (``FitCheckpoint.stage``): the loop starts at ``stage.start`` and
             ``done`` saves through ``stage.after_step``; None: start at 0, nothing saved.
         device: where the loop computes (for ``autocast``).

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from segsynth.data.case import Case, DatasetInfo
 from segsynth.data.dataset import read_pair, value_map_of
@@ -27,6 +26,7 @@ from segsynth.segment.inference import predict
 from segsynth.segment.model_io import check_input_fits, load_segmenter
 from segsynth.utils.device import resolve_device
 from segsynth.utils.files import atomic_dir
+from segsynth.utils.progress import progress_iter
 
 
 def _resize_labels(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -99,7 +99,7 @@ def predict_folder(model_dir: str | Path, input_path: str | Path, out: str | Pat
     records, modality = layout.pairs, info.modality
     written = []
     with atomic_dir(out) as tmp:
-        for rec in tqdm(records, desc="predict", disable=not progress, leave=False):
+        for rec in progress_iter(records, "predict", progress):
             raw = read_pair(layout, rec, with_mask=False)
             check_input_fits(config, raw.spatial_dims, raw.in_channels, rec.images[0], model_dir)
             pred = predict_case(model, raw, spec, modality, num_classes, patch_size=config.get("patch_size"),

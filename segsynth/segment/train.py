@@ -37,7 +37,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
@@ -56,6 +55,7 @@ from segsynth.utils.precision import (
     full_precision,
     resolve_precision,
 )
+from segsynth.utils.progress import progress_bar
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,7 @@ def train_segmenter(model: torch.nn.Module, source: PairSource, val_cases: Seque
 
     every = checkpoint_every or cfg.val_every
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", disable=not cfg.progress or rank != 0,
-               dynamic_ncols=True, leave=False)
+    bar = progress_bar(cfg.steps, "train", cfg.progress and rank == 0, initial=start_step)
     net.train()
     batches = Prefetcher(source, cfg.batch_size, gen, cfg.steps - start_step, depth=cfg.prefetch,
                          pin_memory=device.type == "cuda", start=start_step)
