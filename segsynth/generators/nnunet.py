@@ -48,6 +48,7 @@ method.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -361,7 +362,9 @@ class NnUNetModel:
             inputs.append(files)
             outputs.append(str(folder / "out" / f"case_{i:05d}"))
         (folder / "out").mkdir(parents=True, exist_ok=True)
-        self.predictor.predict_from_files_sequential(inputs, outputs, save_probabilities=False, overwrite=True)
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / "logs" / "predict.log", "a") as log_file, contextlib.redirect_stdout(log_file):
+            self.predictor.predict_from_files_sequential(inputs, outputs, save_probabilities=False, overwrite=True)
         preds = []
         for c, out in zip(cases, outputs):
             mask, _ = read_mask(out + self.file_ending)
