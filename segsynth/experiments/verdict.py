@@ -74,7 +74,8 @@ def verdict(records: Sequence[Mapping[str, Any]], method: str, baseline: str, n_
     split = split_effect(split_case_differences(records, method, baseline, n_train, group=group))
     word = split["word"]
     unit = _unit_word(records, res["n"])
-    text = (f"{method} vs {baseline}: {word}: {effect_sentence(split)}. "
+    said = effect_sentence(split)  # with one split (or none) it already starts with what it is
+    text = (f"{method} vs {baseline}: {said if split['k'] < 2 else f'{word}: {said}'}. "
             f"{_case_level(res, split['k'], unit)}")
     return {**res, "split": split, "word": word, "helped": word == "helped", "worse": word == "hurt",
             "sentence": text}

@@ -64,7 +64,7 @@ def test_one_split_gets_the_one_split_sentence_and_the_case_level_test_for_two_m
     recs = _records({"augment": 0.0, "genseg": 0.05}, seeds=(0,))
     v = _one(recs)
     assert v["word"] == "one split"
-    assert f"genseg vs augment: one split: {ONE_SPLIT} (+5.0 Dice on split 0)" in v["sentence"]
+    assert f"genseg vs augment: {ONE_SPLIT} (+5.0 Dice on split 0)." in v["sentence"]
     assert "Case level (these two trained models): +5.0 Dice, Wilcoxon p < 0.001 over 20 cases" in v["sentence"]
     tiny = _records({"augment": 0.0, "genseg": 0.05}, n_cases=1, seeds=(0,), noise=0.0)
     (t,) = verdict_sentences(tiny)
