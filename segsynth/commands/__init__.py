@@ -10,4 +10,5 @@ COMMAND_MODULES: list[str] = [
     "segsynth.commands.brainspade",
     "segsynth.commands.audit",
     "segsynth.commands.report",
+    "segsynth.commands.split_folder",
 ]

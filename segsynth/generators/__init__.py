@@ -38,6 +38,11 @@ METHODS: dict[str, str] = {
     "genseg+fixmatch": "segsynth.generators.semi_supervised.methods:GenSegFixMatchMethod",
     "genseg+mean_teacher": "segsynth.generators.semi_supervised.methods:GenSegMeanTeacherMethod",
     "brainspade+fixmatch": "segsynth.generators.semi_supervised.methods:BrainSpadeFixMatchMethod",
+    # the deployment site's unlabelled images (--target-unlabelled); domain_rand_aug: the no-target reference
+    "spade_target": "segsynth.generators.target_domain:SpadeTargetMethod",
+    "fixmatch_target": "segsynth.generators.target_domain:FixMatchTargetMethod",
+    "spade_target+fixmatch": "segsynth.generators.target_domain:SpadeTargetFixMatchMethod",
+    "domain_rand_aug": "segsynth.generators.target_domain:DomainRandAugMethod",
     # nnU-Net v2 (the nnunet extra); nnunet+NAME for any method NAME that makes synthetic pairs
     "nnunet": "segsynth.generators.nnunet:NnUNetMethod",
     "nnunet+separate_aug": "segsynth.generators.nnunet:NnUNetSeparateAugMethod",

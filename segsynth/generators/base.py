@@ -55,6 +55,9 @@ class MethodContext:
     train: list[Case]                 # the N labelled real cases (preprocessed)
     val: list[Case]                   # validation cases for model selection (never test cases)
     unlabelled: list[Case] = field(default_factory=list)  # images without labels (same or target domain)
+    # unlabelled images of the deployment site (--target-unlabelled), for the *_target methods
+    # (segsynth.generators.target_domain); kept apart from the same-domain pool ``unlabelled``
+    target: list[Case] = field(default_factory=list)
     segmenter: str = "unet"
     segmenter_kwargs: dict[str, Any] = field(default_factory=dict)
     train_config: TrainConfig | None = None
