@@ -74,6 +74,7 @@ class nnUNetTrainerSegsynthBudget(nnUNetTrainer):  # nnU-Net names trainers so; 
                 val_outputs = [self.validation_step(next(self.dataloader_val))
                                for _ in range(self.num_val_iterations_per_epoch)]
                 self.on_validation_epoch_end(val_outputs)
+            self.on_epoch_end()  # its checkpoint and plot count in the epoch's time
             if fixed is None:  # the first epoch of the run: how many fit in the budget
                 seconds = time.perf_counter() - t_epoch
                 left = float(self.wall_seconds) - (time.perf_counter() - t0)
@@ -85,5 +86,4 @@ class nnUNetTrainerSegsynthBudget(nnUNetTrainer):  # nnU-Net names trainers so; 
                                    "seconds": float(self.wall_seconds)}, f)
                 self.print_to_log_file(f"segsynth wall-clock budget {self.wall_seconds} s: {fixed} epochs "
                                        f"(first epoch {seconds:.1f} s)")
-            self.on_epoch_end()
         self.on_train_end()
