@@ -240,6 +240,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         check_n(n, a.data)
     cfg = SweepConfig(data=a.data, out=a.out, methods=[m.strip() for m in a.methods.split(",") if m.strip()],
                       n_values=list(_ints(a.n)), seeds=seeds, test_data=a.test_data, unlabelled_data=a.unlabelled,
+                      target_unlabelled=a.target_unlabelled,
                       n_val=a.n_val, n_test=a.n_test, max_unlabelled=a.max_unlabelled, segmenter=a.segmenter,
                       segmenter_kwargs=segmenter_kwargs_from_args(a), spec=spec_from_args(a),
                       train=train_config_from_args(a), method_options=parse_method_options(a.method_opt),
@@ -285,12 +286,18 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     check_n(a.n, a.data)
     check_out(a.out, overwrite=a.overwrite, resumable=("work",))
+    needs = getattr(get_method(a.method, **parse_method_options(a.method_opt).get(a.method, {})), "needs_target", False)
+    if needs and a.target_unlabelled is None:  # before any data is read
+        raise ConfigError(f"method {a.method} needs unlabelled images of the deployment site: pass "
+                          "--target-unlabelled DIR")
     data, split, spec = _prepare_split(a)
     opts = parse_method_options(a.method_opt).get(a.method, {})
     method = get_method(a.method, **opts)
     device = resolve_device(a.device)
+    target = _train_target(a, data, spec)
     ctx = MethodContext(info=data.info, train=split.train, val=split.val,
                         unlabelled=[c.__class__(c.case_id, c.image, None, c.meta) for c in split.pool],
+                        target=target,
                         segmenter=a.segmenter, segmenter_kwargs=segmenter_kwargs_from_args(a),
                         train_config=train_config_from_args(a), seed=a.seed, device=device,
                         workdir=a.out / "work", options=opts)
@@ -315,6 +322,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"model: {a.out / 'model' if saveable else '(not saved)'}   metrics: {a.out / 'test_metrics'}   "
           f"summary: {a.out / 'summary.json'}")
     return 0
+
+
+def _train_target(a: argparse.Namespace, data, spec) -> list:
+    """``segsynth train --target-unlabelled``: the target images, refused when any is a case of --data (whose
+    held-out cases are tested): ``segsynth.data.target.check_no_leak``."""
+    from segsynth.data.target import check_no_leak, load_target
+
+    if a.target_unlabelled is None:
+        return []
+    target = load_target(a.target_unlabelled, spec, data.info, progress=not a.quiet)
+    check_no_leak(target, a.target_unlabelled, [(a.data, data.cases)])
+    return target
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -354,6 +373,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+TARGET_HELP = ("folder of unlabelled images of the deployment site (another hospital, scanner or camera): the "
+               "*_target methods adapt to it (`segsynth methods`); any of its images that is also a case of --data "
+               "or --test-data (same id, or same decoded pixels) is refused; `segsynth split-folder` splits a "
+               "labelled folder of that site into an unlabelled part and a test part")
+
+
 def _command(sub, name: str, help: str, **kw: Any) -> argparse.ArgumentParser:  # noqa: A002
     """A sub-command whose --help shows its one-line description too."""
     return sub.add_parser(name, help=help, description=help, **kw)
@@ -393,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default="augment", help="method name (see `segsynth methods`)")
     s.add_argument("--n", type=int, required=True, help="number of labelled training cases")
     s.add_argument("--n-test", type=int, default=None, help="test cases (default: all not used for training)")
+    s.add_argument("--target-unlabelled", type=Path, default=None, metavar="DIR", help=TARGET_HELP)
     s.add_argument("--overwrite", action="store_true",
                    help="replace the results in an existing non-empty --out (an interrupted run in --out "
                         "resumes without it)")
@@ -425,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-data", type=Path, default=None,
                    help="external labelled folder with the same classes: evaluate out of domain too")
     s.add_argument("--unlabelled", type=Path, default=None, help="folder of unlabelled images for methods that use them")
+    s.add_argument("--target-unlabelled", type=Path, default=None, metavar="DIR", help=TARGET_HELP)
     s.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=True,
                    help="label fidelity of generator methods' pairs: Dice of the cell's augment model on the "
                         "synthetic images vs their masks (reuses the sweep's augment run when it ran first, else "

@@ -50,6 +50,7 @@ class SweepConfig:
     seeds: list[int]
     test_data: Path | None = None
     unlabelled_data: Path | None = None
+    target_unlabelled: Path | None = None  # unlabelled images of the deployment site (the *_target methods)
     n_val: int = 2
     n_test: int | None = None
     max_unlabelled: int | None = None
@@ -79,6 +80,7 @@ class SeedData:
     val: list[Case]
     unlabelled: list[Case]
     test_sets: list[tuple[str, list[Case]]]
+    target: list[Case] = field(default_factory=list)  # --target-unlabelled (the same for every seed)
 
 
 SHARED = "_shared"  # runs/_shared: what runs of one sweep reuse from each other (fitted generators)
@@ -123,6 +125,21 @@ def load_for_sweep(cfg: SweepConfig) -> tuple[LoadedDataset, LoadedDataset | Non
     return data, test, unlabelled
 
 
+def load_target_for_sweep(cfg: SweepConfig, data: LoadedDataset, external: LoadedDataset | None) -> list[Case]:
+    """The ``--target-unlabelled`` images (``segsynth.data.target.load_target``), after the leak check: no image of
+    the test data (``--test-data``) nor of ``--data`` (whose unused cases are tested in domain) may be among them,
+    by id or by decoded pixels. [] without the option."""
+    from segsynth.data.preprocess import PreprocessSpec
+    from segsynth.data.target import check_no_leak, load_target
+
+    if cfg.target_unlabelled is None:
+        return []
+    target = load_target(cfg.target_unlabelled, cfg.spec or PreprocessSpec(), data.info)
+    tested = [(cfg.test_data, external.cases)] if external is not None else []
+    check_no_leak(target, cfg.target_unlabelled, [*tested, (cfg.data, data.cases)])
+    return target
+
+
 def drop_shared_cases(data: LoadedDataset, test: LoadedDataset, test_root: Path | str) -> LoadedDataset:
     """Leave out of the training data every case (or volume) whose id also names a case of the external test set.
 
@@ -163,22 +180,26 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     for m in cfg.methods:
         method = get_method(m, **cfg.method_options.get(m, {}))  # fail early on unknown names/options
         getattr(method, "require", lambda: None)()  # and on a missing optional dependency (nnunet)
+        if getattr(method, "needs_target", False) and cfg.target_unlabelled is None:
+            raise ConfigError(f"method {m} needs unlabelled images of the deployment site: pass "
+                              "--target-unlabelled DIR")
     check_executor(cfg.executor)
     if cfg.executor == "local":
         resolve_device(cfg.device)  # fail before loading data on a device this machine lacks (Ray: on workers)
     out = Path(cfg.out)
     data, external, extra_unlabelled = load_for_sweep(cfg)
+    target = load_target_for_sweep(cfg, data, external)
     existed = folders_under(out)
     out.mkdir(parents=True, exist_ok=True)  # after the data loaded: bad data leaves no empty --out behind
     try:
-        return _sweep_into(cfg, out, data, external, extra_unlabelled)
+        return _sweep_into(cfg, out, data, external, extra_unlabelled, target)
     except BaseException:  # a run stopped the sweep (bad input, Ctrl-C): folders it made and left empty go too
         prune_empty_dirs(out, keep=existed)
         raise
 
 
 def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: LoadedDataset | None,
-                extra_unlabelled: list[Case]) -> list[dict[str, Any]]:
+                extra_unlabelled: list[Case], target: list[Case] | None = None) -> list[dict[str, Any]]:
     """``run_sweep`` once ``out`` exists: the runs not recorded yet, then the report."""
     from segsynth.data.splits import split_cases
 
@@ -208,7 +229,7 @@ def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: Load
                     log.info("[%d/%d] %s N=%d seed=%d: done already", k, total, method_name, n, seed)
                     continue
                 jobs.append((method_name, n, seed))
-                seed_data[seed] = SeedData(split.train, split.val, unlabelled, test_sets)
+                seed_data[seed] = SeedData(split.train, split.val, unlabelled, test_sets, list(target or []))
     if jobs and cfg.executor == "local":
         _warn_if_computed_elsewhere(earlier, resolve_device(cfg.device))
     _execute(cfg, info, jobs, seed_data, results_path, out, total - len(jobs), total)
@@ -216,7 +237,9 @@ def _sweep_into(cfg: SweepConfig, out: Path, data: LoadedDataset, external: Load
     if cfg.report:
         from segsynth.experiments.report import write_report
 
-        samples = sorted(str(p) for p in (out / "samples").glob("*.png"))
+        # target-domain montages (segsynth.experiments.target_montage) first, then the prediction overlays
+        samples = sorted((str(p) for p in (out / "samples").glob("*.png")),
+                         key=lambda p: (not Path(p).name.startswith(TARGET_MONTAGE), p))
         write_report(records, out, title=cfg.title or f"segsynth sweep on {info.name}", baseline="none"
                      if "none" in cfg.methods else cfg.methods[0], sample_images=samples)
     return records
@@ -277,7 +300,7 @@ def run_job(cfg: SweepConfig, info, method_name: str, n: int, seed: int, data: S
     log.info("%s N=%d seed=%d: training on %d cases", method_name, n, seed, len(train))
     with seeded_scope(derive_seed("sweep-run", method_name, n, seed)):
         return _one_run(cfg, info, method_name, n, seed, train, data.val, data.unlabelled, data.test_sets,
-                        device, out)
+                        device, out, target=data.target)
 
 
 def _writable(data: SeedData) -> SeedData:
@@ -289,14 +312,16 @@ def _writable(data: SeedData) -> SeedData:
                 for c in cases]
 
     return SeedData(fix(data.train), fix(data.val), fix(data.unlabelled),
-                    [(name, fix(cases)) for name, cases in data.test_sets])
+                    [(name, fix(cases)) for name, cases in data.test_sets], fix(data.target))
 
 
 def _record_base(cfg: SweepConfig, info, method_name: str, n: int, seed: int, data: SeedData) -> dict[str, Any]:
     train = first_n(data.train, n)
     return {"dataset": info.name, "method": method_name, "n_train": n, "seed": seed, "segmenter": cfg.segmenter,
             "labels": {str(k): v for k, v in info.labels.items() if k != 0}, "n_train_cases": len(train),
-            "train_ids": unit_ids(train), "val_ids": unit_ids(data.val)}
+            "train_ids": unit_ids(train), "val_ids": unit_ids(data.val),
+            **({"target_data": str(cfg.target_unlabelled), "n_target": len(data.target)}
+               if cfg.target_unlabelled is not None else {})}
 
 
 def _failed_records(base: dict[str, Any], e: BaseException, test_sets, tb: str) -> list[dict[str, Any]]:
@@ -310,18 +335,21 @@ def unit_ids(cases: Sequence[Case]) -> list[str]:
 
 
 def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train: list[Case], val: list[Case],
-             unlabelled: list[Case], test_sets, device: torch.device, out: Path) -> list[dict]:
+             unlabelled: list[Case], test_sets, device: torch.device, out: Path,
+             target: list[Case] | None = None) -> list[dict]:
     from dataclasses import replace
 
     from segsynth.experiments.overlays import save_overlay
 
-    base = _record_base(cfg, info, method_name, n, seed, SeedData(train, val, unlabelled, test_sets))
+    target = list(target or [])
+    base = _record_base(cfg, info, method_name, n, seed, SeedData(train, val, unlabelled, test_sets, target))
     workdir = out / "runs" / run_key(method_name, n, seed)
     reset_peak_memory(device)
     t0 = time.perf_counter()
     try:
         method = get_method(method_name, **cfg.method_options.get(method_name, {}))
-        ctx = MethodContext(info=info, train=train, val=val, unlabelled=unlabelled, segmenter=cfg.segmenter,
+        ctx = MethodContext(info=info, train=train, val=val, unlabelled=unlabelled, target=target,
+                            segmenter=cfg.segmenter,
                             segmenter_kwargs=dict(cfg.segmenter_kwargs),
                             train_config=replace(cfg.train, seed=seed), seed=seed, device=device,
                             workdir=workdir, shared_dir=out / "runs" / SHARED,
@@ -361,11 +389,32 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
                         **({"source_statistics": stats} if (stats := getattr(result, "source_statistics", None)) else {}),
                         **(getattr(result, "record_fields", None) or {}),  # e.g. nnunet_budget
                         "per_case": per_case})
+    if callable(getattr(method, "montage_cases", None)) and seed == cfg.seeds[0] and n == max(cfg.n_values):
+        _target_montage(cfg, method, ctx, result, out / "samples" / f"{TARGET_MONTAGE}{method_name}_n{n}.png")
     if cfg.fidelity:  # after the timings: its cost (maybe one reference training) is recorded on its own
         fid = _fidelity(cfg, method, ctx, result, out, run_key(method_name, n, seed) if seed == cfg.seeds[0] else None)
         if fid is not None:
             records = [{**r, "label_fidelity": fid} for r in records]
     return records
+
+
+TARGET_MONTAGE = "target_montage_"  # file names of the target methods' montages in <out>/samples
+
+
+def _target_montage(cfg: SweepConfig, method, ctx: MethodContext, result, path: Path) -> None:
+    """The montage of a target method's run (target images, pairs painted in their style, source pairs); a
+    failure is logged, never fatal."""
+    from segsynth.experiments.target_montage import save_target_montage
+
+    try:
+        save_target_montage(method.montage_cases(ctx, result), path, spatial_dims=ctx.info.spatial_dims,
+                            device=ctx.device, patch_size=cfg.train.patch_size,
+                            title=f"{method.name}, N={len(ctx.train)}: target images, pairs painted in their style, "
+                                  "source pairs")
+    except (KeyboardInterrupt, DataError, ConfigError):
+        raise
+    except Exception as e:
+        log.error("montage of %s failed: %s", ctx.workdir, e)
 
 
 def _fidelity(cfg: SweepConfig, method, ctx: MethodContext, result, out: Path, montage: str | None) -> dict | None:
