@@ -13,12 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segsynth"
 
 # Known circles, tolerated until their fix lands (any other circle fails the test). Each entry: the modules of one
 # circle; a circle among some of them only is tolerated too. Delete the entry once the circle is gone.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    # generators/__init__.py's get_method imports generators/nnunet.py (nnunet+GENERATOR), whose
-    # NnUNetGeneratorMethod.__init__ imports get_method back from segsynth.generators (issue 40's nnunet methods,
-    # commit 901f2f3). Fix: look the inner method up through a module below both (e.g. a registry module).
-    frozenset({"segsynth.generators", "segsynth.generators.nnunet"}),
-]
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 def module_files(package: Path) -> dict[str, tuple[Path, bool]]:

@@ -54,13 +54,20 @@ METHODS: dict[str, str] = {
 
 def get_method(name: str, **options: Any) -> Method:
     if name not in METHODS and name.startswith("nnunet+") and name.split("+", 1)[1] in METHODS:
-        from segsynth.generators.nnunet import NnUNetGeneratorMethod
-
-        return NnUNetGeneratorMethod(generator=name.split("+", 1)[1], **options)
+        # by name, as every method: nnunet.py looks the inner method up here, so an import would be a circle
+        return _load(NNUNET_PLUS)(generator=name.split("+", 1)[1], **options)
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+    return _load(METHODS[name])(**options)
+
+
+#: nnunet+NAME for any NAME that makes synthetic pairs and has no line of its own above
+NNUNET_PLUS = "segsynth.generators.nnunet:NnUNetGeneratorMethod"
+
+
+def _load(where: str) -> Any:
+    module, cls = where.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 __all__ = ["METHODS", "Method", "MethodContext", "SyntheticGenerator", "get_method"]
