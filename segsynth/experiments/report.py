@@ -122,8 +122,9 @@ def _sentence_at(
     cmp = compare_methods(records, best["method"], ref["method"], n, group=gk)
     return (
         head + f" vs {fmt_pm(ref['mean'], ref['sd'])} for <b>{escape(ref['method'])}</b> "
-        f"(paired Wilcoxon p{_p_text(cmp['wilcoxon_p'])}, t-test p{_p_text(cmp['ttest_p'])}; "
-        f"{_plural(cmp['n'], '(seed, test case) pair')} over {_plural(cmp['n_seeds'], 'seed')})"
+        f"(case level, these trained models, not the methods: Wilcoxon p{_p_text(cmp['wilcoxon_p'])}, t-test "
+        f"p{_p_text(cmp['ttest_p'])}; {_plural(cmp['n'], 'test case')} over {_plural(cmp['n_seeds'], 'split')}; "
+        "the verdict judges the methods)"
     )
 
 
