@@ -76,10 +76,10 @@ def save_target_montage(parts: dict[str, Any], path: str | Path, *, spatial_dims
     if source:
         images_and_masks(source, "source")
     if target:
-        rows.append(("target image", [(_display(_slice(np.asarray(t.image), None, spatial_dims)[0]), "image")
+        rows.append(("target (style)", [(_display(_slice(np.asarray(t.image), None, spatial_dims)[0]), "image")
                                       for t in target]))
     if synthetic:
-        images_and_masks(synthetic, "painted in its style")
+        images_and_masks(synthetic, "synthetic")
     if preds:
         rows.append(("prediction on it", [(p if spatial_dims == 2 else p[..., p.shape[-1] // 2], "mask") for p in preds]))
     masks = [a for _, row in rows for a, kind in row if kind == "mask"]
@@ -102,7 +102,9 @@ def save_target_montage(parts: dict[str, Any], path: str | Path, *, spatial_dims
                 ax.imshow(a, cmap="viridis", vmin=0, vmax=kmax, interpolation="nearest")
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(title or "target images, pairs painted in their style, source pairs", fontsize=9)
+    fig.suptitle((title or "target images, pairs painted in their style, source pairs")
+                 + "\nrows: source pairs; target images; synthetic pairs in the style of the target image above; "
+                   "the segmenter's prediction on it", fontsize=8)
     return save_figure(fig, path, dpi=90)
 
 
