@@ -102,9 +102,11 @@ def save_target_montage(parts: dict[str, Any], path: str | Path, *, spatial_dims
                 ax.imshow(a, cmap="viridis", vmin=0, vmax=kmax, interpolation="nearest")
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
+    said = ["source pairs"] * bool(source) + ["target images"] * bool(target)
+    said += ["synthetic pairs in the style of the target image above"] * bool(synthetic)
+    said += ["the segmenter's prediction on the target image"] * bool(preds)
     fig.suptitle((title or "target images, pairs painted in their style, source pairs")
-                 + "\nrows: source pairs; target images; synthetic pairs in the style of the target image above; "
-                   "the segmenter's prediction on it", fontsize=8)
+                 + f"\nrows: {'; '.join(said)}", fontsize=8)
     return save_figure(fig, path, dpi=90)
 
 
