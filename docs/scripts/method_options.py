@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "_snippets" / "methods"
 SHOWN = ["none", "augment", "augment_rotate", "genseg", "separate", "genseg_aug", "separate_aug", "genseg_frozen",
          "spade", "brainspade", "learned", "learned_randaug", "randaug", "sas", "sas_aug", "transfer",
-         "domain_rand", "mean_teacher", "fixmatch", "genseg+fixmatch"]
+         "domain_rand", "mean_teacher", "fixmatch", "genseg+fixmatch", "nnunet", "spade_target", "fixmatch_target",
+         "spade_target+fixmatch", "domain_rand_aug"]
 
 
 def methods_output(*args: str) -> str:
