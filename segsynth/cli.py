@@ -332,7 +332,7 @@ def _train_target(a: argparse.Namespace, data, spec) -> list:
     if a.target_unlabelled is None:
         return []
     target = load_target(a.target_unlabelled, spec, data.info, progress=not a.quiet)
-    check_no_leak(target, a.target_unlabelled, [(a.data, data.cases)])
+    check_no_leak(target, a.target_unlabelled, [(a.data, data.cases, False)])  # another site: pixels only
     return target
 
 

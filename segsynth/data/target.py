@@ -8,7 +8,9 @@ Leak check (``check_no_leak``): an image of a tested folder (``--test-data``, an
 are the in-domain test set) that also appears in the target folder is refused, because a method has trained on
 it. "Appears" means either
 
-* the same id: ``meta["volume_id"]`` when present (slices of one volume), else the case id (the file stem); or
+* the same id: ``meta["volume_id"]`` when present (slices of one volume), else the case id (the file stem), for
+  the folders of the deployment site (``--test-data``); not for ``--data``, another site, whose scans may be
+  named like the target's (``case_001``) without being the same scans; or
 * the same content: the SHA-1 of the **decoded pixel array as read from the file** (``segsynth.data.io.read_image``:
   float32, channels first, before any resizing or normalisation; shape included), over all channel files of a
   case. Decoded pixels, not file bytes, so that a renamed copy, or a copy written again with another PNG
@@ -76,14 +78,14 @@ def _where(case: Case) -> str:
     return files[0] if files else case.case_id
 
 
-def check_no_leak(target: Sequence[Case], target_root: str | Path,
-                  tested: Sequence[tuple[str | Path, Sequence[Case]]]) -> None:
+def check_no_leak(target: Sequence[Case], target_root: str | Path, tested: Sequence[tuple]) -> None:
     """Refuse any tested image whose id or decoded pixels appear among the target images.
 
     Args:
         target: the target images (``load_target``).
         target_root: their folder (named in the message).
-        tested: (folder, cases) of each labelled folder whose cases may be tested.
+        tested: (folder, cases) of each labelled folder whose cases may be tested, or (folder, cases, False) for
+            one whose ids are not compared (another site: only its pixels are).
 
     Raises:
         DataError: one line naming the tested file and the target file.
@@ -91,7 +93,9 @@ def check_no_leak(target: Sequence[Case], target_root: str | Path,
     if not target:
         return
     ids = {id_key(t): t for t in reversed(target)}  # the first target case of an id is the one named
-    for root, cases in tested:
+    for root, cases, *compare_ids in tested:
+        if compare_ids and not compare_ids[0]:
+            continue
         for c in cases:
             t = ids.get(id_key(c))
             if t is not None:
@@ -103,7 +107,7 @@ def check_no_leak(target: Sequence[Case], target_root: str | Path,
         h = pixel_hash(files)
         if h is not None:
             hashes.setdefault(h, t)
-    for root, cases in tested:
+    for root, cases, *_ in tested:
         for files, c in _by_file(cases).items():
             h = pixel_hash(files)
             t = hashes.get(h) if h is not None else None

@@ -136,7 +136,7 @@ def load_target_for_sweep(cfg: SweepConfig, data: LoadedDataset, external: Loade
         return []
     target = load_target(cfg.target_unlabelled, cfg.spec or PreprocessSpec(), data.info)
     tested = [(cfg.test_data, external.cases)] if external is not None else []
-    check_no_leak(target, cfg.target_unlabelled, [*tested, (cfg.data, data.cases)])
+    check_no_leak(target, cfg.target_unlabelled, [*tested, (cfg.data, data.cases, False)])  # another site: pixels only
     return target
 
 

@@ -199,3 +199,14 @@ def test_split_folder_that_fails_midway_leaves_neither_part(tmp_path, monkeypatc
     with pytest.raises(OSError):
         split_folder(src, tmp_path / "A", tmp_path / "B", seed=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no part, no hidden partial folder
+
+
+def test_a_training_case_named_like_a_target_image_is_not_a_leak(sites, tmp_path):
+    """Two sites may name different scans alike: --data is compared with the target by pixels, not by id."""
+    src, test, unl = sites
+    data = load_dataset(src, SPEC)
+    shutil.copyfile(unl / "images" / "u000.png", unl / "images" / "src001.png")  # a target image named like src001
+    target = load_target(unl, SPEC, data.info, progress=False)
+    check_no_leak(target, unl, [(src, data.cases, False)])  # different pixels: no error
+    with pytest.raises(DataError, match="has the id 'src001'"):
+        check_no_leak(target, unl, [(src, data.cases)])  # a folder of the target's own site: ids count
