@@ -69,7 +69,11 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
               "arch_weight_decay": a.arch_weight_decay}
     opts = {m: dict(genseg) for m in ("genseg", "separate", "genseg_aug", "genseg_frozen")}
     test_data = None
-    if a.ood:
+    if getattr(a, "test_data", None):  # another site's labelled folder under ../shared/data: measured, never tuned on
+        if a.ood:
+            raise SystemExit("--ood and --test-data each name the out-of-domain test set: give one")
+        test_data = shared(a.test_data)
+    elif a.ood:
         if a.name != "jsrt":
             raise SystemExit("--ood is available for jsrt (a shifted copy of unused JSRT images)")
         from baselines import shifted_copy

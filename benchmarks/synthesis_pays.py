@@ -479,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-val", type=int, default=None)
     p.add_argument("--n-test", type=int, default=None)
     p.add_argument("--ood", action="store_true")
+    p.add_argument("--test-data", default=None, metavar="NAME",
+                   help="also test on this folder of ../shared/data (another site with the same classes, e.g. "
+                        "shenzhen_lungs for jsrt, ph2_skin for isic); measured only, never used to choose settings")
     p.add_argument("--gen-features", type=int, default=None)
     p.add_argument("--gen-batch-size", type=int, default=4)
     p.add_argument("--arch-batch-size", type=int, default=4)
