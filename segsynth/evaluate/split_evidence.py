@@ -38,7 +38,7 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as sps
 
-from segsynth.evaluate.stats import GroupKey, paired_case_values
+from segsynth.evaluate.stats import GroupKey, compare_methods
 
 ALPHA = 0.05
 POWER = 0.8
@@ -59,15 +59,9 @@ def split_case_differences(
 ) -> dict[int, np.ndarray]:
     """Per split (``seed``), the paired differences ``a - b`` of ``metric`` on the test units both methods were
     scored on: cases, or volumes for 2D slices carrying a ``volume_id`` (slices averaged per volume). Splits with
-    no finite pair are left out."""
-    va, vb, keys, units = paired_case_values(records, method_a, method_b, n_train, metric, group)
-    by_split: dict[int, dict[str, list[float]]] = {}
-    for x, y, (seed, _), unit in zip(va, vb, keys, units):
-        if x is None or y is None or not (math.isfinite(float(x)) and math.isfinite(float(y))):
-            continue
-        by_split.setdefault(int(seed), {}).setdefault(unit, []).append(float(x) - float(y))
-    return {s: np.asarray([float(np.mean(v)) for v in units_.values()], dtype=np.float64)
-            for s, units_ in sorted(by_split.items())}
+    no finite pair are left out. (``compare_methods``' ``split_unit_diffs``, as arrays.)"""
+    res = compare_methods(records, method_a, method_b, n_train, metric, group)
+    return {s: np.asarray(v, dtype=np.float64) for s, v in res["split_unit_diffs"].items()}
 
 
 def power_of_splits(k: int, sd: float, effect: float = TARGET_EFFECT, alpha: float = ALPHA) -> float:

@@ -241,7 +241,9 @@ def compare_methods(
     ``seed_ttest_p`` (NaN with fewer than 2 seeds): the most conservative view, with little power at 3 seeds.
 
     Adds ``"method_a"``, ``"method_b"``, ``"n_train"``, ``"metric"``, ``"unit"``, ``"n_seeds"``,
-    ``"n_seed_case_pairs"``, ``"seed_mean_diffs"`` and ``"seed_ttest_p"`` to the result.
+    ``"n_seed_case_pairs"``, ``"seed_mean_diffs"``, ``"seed_ttest_p"`` and ``"split_unit_diffs"`` to the result:
+    the last is, per seed (split), the differences ``a - b`` of each test unit (a case, or the mean over the slices
+    of a volume), what ``segsynth.evaluate.split_evidence.split_effect`` takes.
     """
     if unit not in ("case", "seed_case"):
         raise ValueError(f"unit must be 'case' or 'seed_case', got {unit!r}")
@@ -252,10 +254,12 @@ def compare_methods(
 
     by_case: dict[str, list[tuple[float, float]]] = {}
     by_seed: dict[int, list[float]] = {}
+    by_split_unit: dict[int, dict[str, list[float]]] = {}
     for x, y, (seed, _), unit_id in zip(va, vb, keys, units):
         if ok(x) and ok(y):
             by_case.setdefault(unit_id, []).append((float(x), float(y)))
             by_seed.setdefault(seed, []).append(float(x) - float(y))
+            by_split_unit.setdefault(int(seed), {}).setdefault(unit_id, []).append(float(x) - float(y))
     if unit == "case":
         ids = sorted(by_case)
         res = paired_tests([float(np.mean([p[0] for p in by_case[i]])) for i in ids],
@@ -277,6 +281,8 @@ def compare_methods(
         n_seed_case_pairs=sum(len(v) for v in by_case.values()),
         seed_mean_diffs=seed_diffs,
         seed_ttest_p=seed_p,
+        split_unit_diffs={s: [float(np.mean(v)) for v in per_unit.values()]
+                          for s, per_unit in sorted(by_split_unit.items())},
     )
     return res
 

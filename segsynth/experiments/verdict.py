@@ -37,7 +37,6 @@ from segsynth.evaluate.split_evidence import (
     ONE_SPLIT,
     effect_sentence,
     points,
-    split_case_differences,
     split_effect,
 )
 from segsynth.evaluate.stats import compare_methods, group_key, labelled_equivalent, ok_records
@@ -71,7 +70,7 @@ def verdict(records: Sequence[Mapping[str, Any]], method: str, baseline: str, n_
     "one split"); ``compare_methods``' case-level test is kept under its own keys. ``helped`` / ``worse`` are
     ``word == "helped"`` / ``"hurt"``."""
     res = compare_methods(records, method, baseline, n_train, group=group)
-    split = split_effect(split_case_differences(records, method, baseline, n_train, group=group))
+    split = split_effect(res["split_unit_diffs"])  # the same paired values, grouped by split
     word = split["word"]
     unit = _unit_word(records, res["n"])
     said = effect_sentence(split)  # with one split (or none) it already starts with what it is
@@ -177,13 +176,15 @@ def _placement(w: Mapping[str, Any], n: int, ns: Sequence[int]) -> str:
     return {"below": f"<{n}", "above": f">{ns[-1]}"}.get(w["bound"], "?")
 
 
-def verdict_sentences(records: Iterable[Mapping[str, Any]], baselines: Sequence[str] = ("augment", "none")
-                      ) -> list[str]:
+def verdict_sentences(records: Iterable[Mapping[str, Any]], baselines: Sequence[str] = ("augment", "none"),
+                      computed: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
     """The sentences of ``verdicts`` (see the module docstring for their form and the verdict words), then
-    those of ``worth`` against the first baseline when it ran at several N."""
+    those of ``worth`` against the first baseline when it ran at several N. ``computed``: the ``verdicts`` of
+    these records and baselines when the caller has them already (they are not computed again)."""
     records = list(records)
     places = worth(records, baselines[0], skip=baselines[1:]) if baselines else []
-    return [v["sentence"] for v in verdicts(records, baselines)] + [w["sentence"] for w in places]
+    found = verdicts(records, baselines) if computed is None else computed
+    return [v["sentence"] for v in found] + [w["sentence"] for w in places]
 
 
 __all__ = ["ALPHA", "VERDICT_RULE", "WORDS", "verdict", "verdict_sentences", "verdicts", "worth"]

@@ -36,7 +36,7 @@ def verdict_section(records: Iterable[Mapping[str, Any]], out_dir: str | Path) -
     ``out_dir`` (the per-split differences of every comparison)."""
     records = list(records)
     vs = verdicts(records)
-    sentences = verdict_sentences(records)
+    sentences = verdict_sentences(records, computed=vs)
     if not sentences:
         return ""
     items = "".join(f"<li>{escape(t)}</li>" for t in sentences)
