@@ -278,7 +278,7 @@ def _prepare_split(a: argparse.Namespace):
 
 def cmd_train(a: argparse.Namespace) -> int:
     from segsynth.generators import get_method
-    from segsynth.generators.base import MethodContext
+    from segsynth.generators.base import MethodContext, check_can_run
     from segsynth.segment.model_io import save_segmenter
     from segsynth.segment.run_summary import model_record, run_summary, score_test_cases
     from segsynth.utils.device import resolve_device
@@ -286,13 +286,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     check_n(a.n, a.data)
     check_out(a.out, overwrite=a.overwrite, resumable=("work",))
-    needs = getattr(get_method(a.method, **parse_method_options(a.method_opt).get(a.method, {})), "needs_target", False)
-    if needs and a.target_unlabelled is None:  # before any data is read
-        raise ConfigError(f"method {a.method} needs unlabelled images of the deployment site: pass "
-                          "--target-unlabelled DIR")
-    data, split, spec = _prepare_split(a)
     opts = parse_method_options(a.method_opt).get(a.method, {})
     method = get_method(a.method, **opts)
+    check_can_run(method, a.method, target_given=a.target_unlabelled is not None)  # before any data is read
+    data, split, spec = _prepare_split(a)
     device = resolve_device(a.device)
     target = _train_target(a, data, spec)
     ctx = MethodContext(info=data.info, train=split.train, val=split.val,

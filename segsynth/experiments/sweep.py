@@ -26,7 +26,7 @@ from segsynth.evaluate.metrics import case_metrics, case_spacing
 from segsynth.evaluate.stats import ok_records
 from segsynth.experiments.executors import check_executor, make_executor
 from segsynth.generators import METHODS, get_method
-from segsynth.generators.base import MethodContext
+from segsynth.generators.base import MethodContext, check_can_run
 from segsynth.segment.inference import predict_many
 from segsynth.segment.train import TrainConfig
 from segsynth.utils.device import (
@@ -179,10 +179,7 @@ def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
         raise ConfigError("a sweep needs at least one method, one N and one seed")
     for m in cfg.methods:
         method = get_method(m, **cfg.method_options.get(m, {}))  # fail early on unknown names/options
-        getattr(method, "require", lambda: None)()  # and on a missing optional dependency (nnunet)
-        if getattr(method, "needs_target", False) and cfg.target_unlabelled is None:
-            raise ConfigError(f"method {m} needs unlabelled images of the deployment site: pass "
-                              "--target-unlabelled DIR")
+        check_can_run(method, m, target_given=cfg.target_unlabelled is not None)  # and on missing inputs
     check_executor(cfg.executor)
     if cfg.executor == "local":
         resolve_device(cfg.device)  # fail before loading data on a device this machine lacks (Ray: on workers)

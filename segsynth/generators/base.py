@@ -147,6 +147,21 @@ class Method:
                                device=ctx.device, checkpoint_dir=ckpt, hooks=list(ctx.hooks))
 
 
+def needs_target_error(method: str) -> ConfigError:
+    """The one refusal of a method that needs the deployment site's images (``needs_target``) and has none."""
+    return ConfigError(f"method {method} needs unlabelled images of the deployment site: pass --target-unlabelled "
+                       "DIR (segsynth sweep / segsynth train)")
+
+
+def check_can_run(method: Any, name: str, *, target_given: bool) -> None:
+    """What a run can be refused for before any data is read: a missing optional dependency (the method's
+    ``require()``, e.g. nnunet without its extra) and missing deployment-site images for a method whose
+    ``needs_target`` is true."""
+    getattr(method, "require", lambda: None)()
+    if getattr(method, "needs_target", False) and not target_given:
+        raise needs_target_error(name)
+
+
 def refuse_unknown_options(method: str, options: Mapping[str, Any], known: Iterable[str]) -> None:
     """A ConfigError naming ``method`` and the options it does not take, when ``options`` has any."""
     known = sorted(known)

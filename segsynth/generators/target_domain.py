@@ -21,20 +21,17 @@ from typing import Any, ClassVar
 
 from segsynth.data.case import Case
 from segsynth.errors import ConfigError
-from segsynth.generators.base import MethodContext
+from segsynth.generators.base import MethodContext, needs_target_error
 from segsynth.generators.brainspade.methods import SpadeMethod
 from segsynth.generators.domain_randomization import DomainRandMethod
 from segsynth.generators.semi_supervised.methods import FixMatchMethod
 from segsynth.utils.seed import derive_seed, torch_generator
 
-TARGET_FLAG = "--target-unlabelled DIR"
-
 
 def require_target(name: str, ctx: MethodContext) -> list[Case]:
     """The run's target images, or a ConfigError telling the user to pass them."""
     if not ctx.target:
-        raise ConfigError(f"method {name} needs unlabelled images of the deployment site: pass {TARGET_FLAG} "
-                          "(segsynth sweep / segsynth train)")
+        raise needs_target_error(name)
     return list(ctx.target)
 
 
