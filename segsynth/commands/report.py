@@ -10,6 +10,8 @@ so the output is itself a sweep folder that ``segsynth report`` reads again.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 
 HELP = ("re-render the Dice table, the verdicts (split level), the learning curves and report.html from existing "
@@ -29,8 +31,6 @@ def cmd_report(a: argparse.Namespace) -> int:
     existed = out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        import json
-
         with atomic_path(out / "results.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         names = ", ".join(Path(d).name or str(d) for d in a.sweeps)
@@ -39,8 +39,6 @@ def cmd_report(a: argparse.Namespace) -> int:
                      baseline="none" if "none" in methods else methods[0], sample_images=samples)
     except BaseException:
         if not existed:
-            import shutil
-
             shutil.rmtree(out, ignore_errors=True)
         raise
     print_summary(records, out)

@@ -127,10 +127,6 @@ def _harmonise_channels(cases: list[Case], root: Path) -> int:
                     f"{cases[0].case_id}: {cases[0].in_channels})", root)
 
 
-def _progress(items: list, desc: str, enabled: bool):
-    return progress_iter(items, desc, enabled)  # bars on a terminal only
-
-
 def _check_dims(raw: Case, first_dims: int | None, spec: PreprocessSpec, layout: Layout, record: PairRecord) -> int:
     if first_dims is not None and raw.spatial_dims != first_dims:
         raise DataError(f"this case is {raw.spatial_dims}D but earlier cases are {first_dims}D", record.images[0])
@@ -188,7 +184,7 @@ def load_dataset(root: str | Path, spec: PreprocessSpec | None = None, *, unlabe
     override = _normalise_override(layout, spec)
     cases: list[Case] = []
     source_dims: int | None = None
-    for record in _progress(records, f"loading {layout.name}", progress):
+    for record in progress_iter(records, f"loading {layout.name}", progress):
         raw = read_pair(layout, record)
         source_dims = _check_dims(raw, source_dims, spec, layout, record)
         cases.extend(apply_spec(raw, spec, modality=layout.modality, file_format=raw.meta["format"],
@@ -239,7 +235,7 @@ def load_unlabelled(root: str | Path, spec: PreprocessSpec | None = None, *, max
     override = _normalise_override(layout, spec)
     cases: list[Case] = []
     dims: int | None = None
-    for record in _progress(records, f"loading {layout.name} (images)", progress):
+    for record in progress_iter(records, f"loading {layout.name} (images)", progress):
         raw = read_pair(layout, record, with_mask=False)
         dims = _check_dims(raw, dims, spec, layout, record)
         cases.extend(apply_spec(raw, spec, modality=layout.modality, file_format=raw.meta["format"],
@@ -291,7 +287,7 @@ def load_masks(path: str | Path, value_map: dict[int, int], shape: tuple[int, ..
         raise DataError("no mask files in the folder (png, jpg, tif, bmp or NIfTI)", path)
     ids_known = set(value_map.values())
     masks, ids = [], []
-    for f in _progress(files, f"loading masks of {path.name}", progress):
+    for f in progress_iter(files, f"loading masks of {path.name}", progress):
         raw, _ = read_mask(f)
         if raw.ndim != len(shape):
             raise DataError(f"mask is {raw.ndim}D but the labelled cases are {len(shape)}D {tuple(shape)}", f)
