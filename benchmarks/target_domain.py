@@ -126,6 +126,7 @@ def run(a: argparse.Namespace) -> Path:
               "n_val": TASKS[a.task][3], "methods": a.methods, "seeds": seeds, "size": a.size, "steps": a.steps,
               "batch_size": 8, "lr": 1e-3, "segmenter_features": [16, 16, 32, 64, 128, 16],
               "method_options": method_options(a), "fidelity": a.fidelity, "n_test_in_domain": a.n_test,
+              "threads": a.threads,
               "splits": splits, "aim": "+3 Dice over augment on the target test half (split-level verdict)",
               "chosen_on": "nothing: settings fixed in advance (benchmarks/synthesis_pays.py, genseg_benchmark.py); "
                            "checkpoints chosen on the labelled source validation pairs"}
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity", action=argparse.BooleanOptionalAction, default=True,
                    help="label fidelity of the SPADE pairs (reuses each split's augment run)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 when another benchmark runs beside this one)")
     p.add_argument("--tag", default="", help="suffix of the output names (smoke runs: a throwaway tag)")
     return p
 
@@ -170,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    run(build_parser().parse_args())
+    a = build_parser().parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    run(a)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+import torch
 
 from segsynth.cli import main
 from segsynth.errors import ConfigError
@@ -120,3 +125,44 @@ def test_sweep_with_nnunet_end_to_end(tmp_path):
     assert split == [{"train": ["tr_0000", "tr_0001"], "val": ["val_0000", "val_0001"]}]  # the sweep's own split
     fold = run / "results" / "Dataset501_segsynth" / "nnUNetTrainerSegsynthBudget__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").exists() and (fold / "validation" / "summary.json").exists()
+
+
+@needs_nnunet
+@pytest.mark.slow
+def test_killed_nnunet_run_resumes_from_its_latest_checkpoint(tmp_path):
+    """A sweep killed (SIGKILL) while nnU-Net trains: run again, the run continues from nnU-Net's latest
+    checkpoint (whole, thanks to the trainer's write-then-rename) instead of starting over, and finishes."""
+    data = write_png_dataset(tmp_path / "blobs", n=6)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--data", str(data), "--methods", "nnunet", "--n", "2", "--n-val", "2", "--seeds", "1",
+            "--steps", "4", "--batch-size", "2", "--size", "32", "--threads", "1", "--no-fidelity",
+            "--method-opt", "nnunet.budget=epochs", "--method-opt", "nnunet.epochs=6",
+            "--method-opt", "nnunet.iterations_per_epoch=2", "--out", str(out)]
+    fold = (out / "runs" / "nnunet_n2_s0" / "nnunet" / "results" / "Dataset501_segsynth"
+            / "nnUNetTrainerSegsynthBudget__nnUNetPlans__2d" / "fold_0")
+    code = "import sys; from segsynth.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while not (fold / "checkpoint_latest.pth").exists():
+            assert proc.poll() is None, "the sweep ended before nnU-Net wrote a checkpoint to resume from"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and nnU-Net's training subprocess
+        proc.wait()
+    assert not (fold / "checkpoint_final.pth").exists()
+    assert not (out / "results.jsonl").exists() or "nnunet" not in (out / "results.jsonl").read_text()
+    killed_at = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)["current_epoch"]
+    assert 1 <= killed_at < 6
+
+    assert main(argv) == 0
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    assert record["method"] == "nnunet" and record["status"] == "ok", record.get("error")
+    assert record["nnunet_budget"]["epochs_run"] == 6
+    train_log = (out / "runs" / "nnunet_n2_s0" / "nnunet" / "logs" / "train.log").read_text()
+    commands = [line for line in train_log.splitlines() if line.startswith("$ ")]
+    assert commands[-1].endswith(" continue"), commands  # resumed, not started again
+    assert (fold / "checkpoint_final.pth").exists() and not (fold / "checkpoint_latest.pth").exists()

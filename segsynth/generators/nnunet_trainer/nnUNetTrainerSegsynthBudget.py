@@ -14,7 +14,8 @@ subprocess that runs ``nnUNetv2_train``:
 
 nnU-Net finds this class by name through ``nnUNet_extTrainer`` (nnunetv2 >= 2.8.1), so no file is written into
 nnU-Net's own package. The latest checkpoint is written after every epoch, so a killed run resumes (``--c``)
-where it stopped.
+where it stopped. Checkpoints are written whole or not at all (to a ``.partial`` file, then renamed), so a kill
+while one is written leaves the previous one to resume from, never a truncated file.
 """
 
 import json
@@ -42,6 +43,12 @@ class nnUNetTrainerSegsynthBudget(nnUNetTrainer):  # nnU-Net names trainers so; 
         threads = budget.get("threads")
         if threads and self.device.type == "cpu":
             torch.set_num_threads(int(threads))
+
+    def save_checkpoint(self, filename: str) -> None:
+        partial = filename + ".partial"
+        super().save_checkpoint(partial)
+        if os.path.isfile(partial):  # nnU-Net writes nothing with checkpointing disabled or off rank 0
+            os.replace(partial, filename)
 
     def _fixed_epochs(self) -> int | None:
         path = os.path.join(self.output_folder, BUDGET_FILE)
