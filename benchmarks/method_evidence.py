@@ -56,6 +56,10 @@ CLAIMS: list[tuple[str, str, str, str, str]] = [
     ("isic", "synthesis_pays_isic_s800", "separate_aug_su50", "augment", "... synthetic in the first half only"),
     ("isic", "synthesis_pays_isic_s800spade", "spade_aug_seg", "augment", "SPADE with its segmentation term"),
     ("isic", "headroom_isic", "augment@64", "augment", "twice the labels (64 vs 32)"),
+    # ISIC 32 + 8, tested in domain (58 per split) and on PH2 (another clinic, 200 images)
+    ("isic", "synthesis_pays_isic_s800ph2", "separate_aug", "augment", "Pix2Pix first; + PH2"),
+    ("isic", "synthesis_pays_isic_s800ph2", "genseg_aug_fast", "augment", "GenSeg cheap setting; + PH2"),
+    ("isic", "synthesis_pays_isic_s800ph2", "spade_aug_seg", "augment", "SPADE with its segmentation term; + PH2"),
     # JSRT lungs, 7 + 2 labelled, in domain and on the re-styled copy
     ("jsrt", "synthesis_pays_jsrt_s800", "separate_aug", "augment", "Pix2Pix first"),
     ("jsrt", "synthesis_pays_jsrt_s800gf", "genseg_aug_fast", "augment", "GenSeg cheap setting"),

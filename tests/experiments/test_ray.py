@@ -174,3 +174,22 @@ def test_sharded_synthesis_on_ray_equals_local(ray_address, tmp_path):
     assert main([*args, "--out", str(tmp_path / "ray"), "--executor", "ray", "--ray-address", ray_address]) == 0
     local, remote = tree(tmp_path / "local"), tree(tmp_path / "ray")
     assert len([k for k in local if k.startswith("images/")]) == 6 and local == remote
+
+
+@pytest.mark.slow
+def test_ray_runs_nnunet(ray_address, sweep_data, tmp_path):
+    """nnunet as a Ray task: nnU-Net's subprocesses start inside the worker, the record pairs with augment's."""
+    from segsynth.generators.nnunet import nnunet_available
+
+    if not nnunet_available():
+        pytest.skip("nnunetv2 is not installed (make test installs it)")
+    data, _ = sweep_data
+    out = tmp_path / "ray_nnunet"
+    records = run_sweep(_cfg(data, out, executor="ray", methods=["augment", "nnunet"], n_values=[2], seeds=[0],
+                             sample_predictions=0, report=False, fidelity=False,
+                             method_options={"nnunet": {"iterations_per_epoch": 2}}))
+    by = {r["method"]: r for r in records}
+    assert by["nnunet"]["status"] == "ok", by["nnunet"].get("error")
+    assert by["nnunet"]["nnunet_budget"]["budget"] == "images"
+    assert [c["case_id"] for c in by["nnunet"]["per_case"]] == [c["case_id"] for c in by["augment"]["per_case"]]
+    assert (out / "runs" / "nnunet_n2_s0" / "nnunet" / "logs" / "train.log").exists()
