@@ -47,6 +47,9 @@ DATASETS = {
     "hippo3d": ("hippocampus", 6, 2, 3, (40, 56, 40), 40),
 }
 
+#: the small U-Net of these benchmarks, per spatial dimension (benchmarks/nnunet_peer.py uses it too)
+UNET_FEATURES = {2: (16, 16, 32, 64, 128, 16), 3: (8, 8, 16, 32, 64, 8)}
+
 
 def sweep_config(a: argparse.Namespace) -> SweepConfig:
     folder, n_train, n_val, dims, default_size, default_test = DATASETS[a.name]
@@ -57,10 +60,10 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
     train = TrainConfig(steps=a.steps, batch_size=batch, lr=a.lr, val_every=max(1, a.steps // 8), progress=False)
     if dims == 2:
         spec = PreprocessSpec(size=a.size or default_size)
-        seg_kw = {"features": (16, 16, 32, 64, 128, 16)} if a.segmenter == "unet" else {}
+        seg_kw = {"features": UNET_FEATURES[2]} if a.segmenter == "unet" else {}
     else:
         spec = PreprocessSpec(spatial_dims=3, size=None, shape_3d=tuple(default_size))
-        seg_kw = {"features": (8, 8, 16, 32, 64, 8)} if a.segmenter == "unet" else {}
+        seg_kw = {"features": UNET_FEATURES[3]} if a.segmenter == "unet" else {}
     width = a.gen_features or (16 if dims == 2 else 8)
     genseg = {"features": width, "max_features": 8 * width, "disc_features": 2 * width,
               "pretrain_steps": a.pretrain_steps, "arch_every": a.arch_every, "gen_batch_size": a.gen_batch_size,

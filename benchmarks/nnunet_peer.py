@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, shared, write_summary  # noqa: E402
-from genseg_benchmark import dice_plot  # noqa: E402
+from genseg_benchmark import UNET_FEATURES, dice_plot  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep  # noqa: E402
@@ -49,6 +49,14 @@ TASKS: dict[str, tuple[str, int, int, int, Any, str | None]] = {
     "hippo3d": ("hippocampus", 2, 2, 3, (40, 56, 40), None),
 }
 
+#: the Pix2Pix / GenSeg generator of the flagship sweeps (benchmarks/synthesis_pays.py at its defaults: width 16 in
+#: 2D, 8 in 3D), so that ``separate_aug`` here is the recipe those sweeps measured; --recipe-options replaces it
+def flagship_generator(dims: int) -> dict[str, Any]:
+    width = 16 if dims == 2 else 8
+    return {"features": width, "max_features": 8 * width, "disc_features": 2 * width, "pretrain_steps": 200,
+            "arch_every": 2, "gen_batch_size": 4, "arch_batch_size": 4, "derive_steps": 40,
+            "hypergradient": "finite_difference", "arch_lr": 3e-4, "arch_weight_decay": 1e-3}
+
 
 def sweep_configs(a: argparse.Namespace, out: Path) -> dict[str, SweepConfig]:
     folder, n_train, n_val, dims, size, external = TASKS[a.task]
@@ -57,7 +65,7 @@ def sweep_configs(a: argparse.Namespace, out: Path) -> dict[str, SweepConfig]:
     if external and not a.no_external:
         test_data = Path(a.test_data) if a.test_data else shared(external)
     batch = a.batch_size or (8 if dims == 2 else 2)
-    train = TrainConfig(steps=a.steps, batch_size=batch, val_every=max(1, a.steps // 8), progress=False)
+    train = TrainConfig(steps=a.steps, batch_size=batch, lr=a.lr, val_every=max(1, a.steps // 8), progress=False)
     spec = PreprocessSpec(size=a.size or size) if dims == 2 else PreprocessSpec(spatial_dims=3, size=None,
                                                                                  shape_3d=tuple(size))
     nn_opts: dict[str, Any] = {}
@@ -65,10 +73,16 @@ def sweep_configs(a: argparse.Namespace, out: Path) -> dict[str, SweepConfig]:
         nn_opts["iterations_per_epoch"] = a.iterations
     combo = f"nnunet+{a.recipe}"
     combo_opts = {"n_synthetic": a.n_synthetic} if a.n_synthetic else {}
-    base = dict(data=data, test_data=test_data, n_values=[a.n_train or n_train], seeds=list(range(a.splits)),
+    base = dict(data=data, test_data=test_data, n_values=[a.n_train or n_train], seeds=list(range(a.first_split, a.first_split + a.splits)),
                 n_val=a.n_val or n_val, n_test=a.n_test, spec=spec, train=train, device=a.device,
+                segmenter="unet", segmenter_kwargs={"features": UNET_FEATURES[dims]},
                 fidelity=False, sample_predictions=2)
-    recipe_opts = {a.recipe: json.loads(a.recipe_options)} if a.recipe_options else {}
+    if a.recipe_options:
+        recipe_opts = {a.recipe: json.loads(a.recipe_options)}
+    elif a.recipe.startswith(("separate", "genseg")):
+        recipe_opts = {a.recipe: flagship_generator(dims)}
+    else:
+        recipe_opts = {}
     out_cfgs = {}
     if "images" in a.budget:
         opts = {"nnunet": dict(nn_opts), combo: {**nn_opts, **combo_opts, **recipe_opts.get(a.recipe, {})},
@@ -107,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=sorted(TASKS))
     p.add_argument("--splits", type=int, default=6, help="seeds, i.e. splits (the verdict's unit); >= 6")
+    p.add_argument("--first-split", type=int, default=0, help="first seed (a split per call, then all at once: "
+                   "finished runs are not run again)")
     p.add_argument("--recipe", default="separate_aug", help="the segsynth recipe (its generator joins nnU-Net)")
     p.add_argument("--recipe-options", default=None, help="JSON options of the recipe (and of its generator)")
     p.add_argument("--n-synthetic", type=int, default=None, help="synthetic pairs nnunet+<recipe> adds (default: "
@@ -114,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="images,seconds", help="images, seconds or both (seconds needs images)")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=3e-3, help="segsynth's segmenters (the flagship sweeps' 3e-3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (nnU-Net's subprocesses too)")
     p.add_argument("--iterations", type=int, default=None, help="nnU-Net iterations per epoch (default: its own "
                    "min(250, the budget's))")
     p.add_argument("--n-train", type=int, default=None)
@@ -127,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     a = p.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     name = f"nnunet_peer_{a.task}{'_' + a.tag if a.tag else ''}"
@@ -146,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         all_records += [{**r, "budget": budget, "method": r["method"] if budget == "images" else
                          f"{r['method']} (wall clock)"} for r in records
                         if not (budget == "seconds" and r["method"] == "augment")]
-    config = {"task": a.task, "splits": a.splits, "recipe": a.recipe, "steps": a.steps,
+    config = {"task": a.task, "splits": a.splits, "first_split": a.first_split, "recipe": a.recipe, "steps": a.steps, "lr": a.lr,
+              "threads": a.threads, "segmenter_features": UNET_FEATURES[TASKS[a.task][3]],
               "budgets": list(cfgs), "sweeps": {b: str(c.out) for b, c in cfgs.items()},
               "train": dataclasses.asdict(next(iter(cfgs.values())).train)}
     if a.out:  # a smoke run: nothing under benchmarks/results
