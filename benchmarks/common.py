@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results"
 
+#: the small U-Net of the benchmarks' sweeps, per spatial dimension
+UNET_FEATURES = {2: (16, 16, 32, 64, 128, 16), 3: (8, 8, 16, 32, 64, 8)}
+
 
 def shared(name: str) -> Path:
     path = SHARED / name

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, genseg_step_pieces, paired, shared, write_summary  # noqa: E402
+from common import RESULTS, UNET_FEATURES, genseg_step_pieces, paired, shared, write_summary  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, print_summary, run_key, run_sweep  # noqa: E402
@@ -46,9 +46,6 @@ DATASETS = {
     "kvasir": ("kvasir_polyps", 32, 8, 2, 64, None),
     "hippo3d": ("hippocampus", 6, 2, 3, (40, 56, 40), 40),
 }
-
-#: the small U-Net of these benchmarks, per spatial dimension (benchmarks/nnunet_peer.py uses it too)
-UNET_FEATURES = {2: (16, 16, 32, 64, 128, 16), 3: (8, 8, 16, 32, 64, 8)}
 
 
 def sweep_config(a: argparse.Namespace) -> SweepConfig:

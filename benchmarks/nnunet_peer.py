@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, shared, write_summary  # noqa: E402
-from genseg_benchmark import UNET_FEATURES, dice_plot  # noqa: E402
+from common import RESULTS, UNET_FEATURES, shared, write_summary  # noqa: E402
+from genseg_benchmark import dice_plot  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep  # noqa: E402
@@ -73,7 +73,8 @@ def sweep_configs(a: argparse.Namespace, out: Path) -> dict[str, SweepConfig]:
         nn_opts["iterations_per_epoch"] = a.iterations
     combo = f"nnunet+{a.recipe}"
     combo_opts = {"n_synthetic": a.n_synthetic} if a.n_synthetic else {}
-    base = dict(data=data, test_data=test_data, n_values=[a.n_train or n_train], seeds=list(range(a.first_split, a.first_split + a.splits)),
+    seeds = list(range(a.first_split, a.first_split + a.splits))
+    base = dict(data=data, test_data=test_data, n_values=[a.n_train or n_train], seeds=seeds,
                 n_val=a.n_val or n_val, n_test=a.n_test, spec=spec, train=train, device=a.device,
                 segmenter="unet", segmenter_kwargs={"features": UNET_FEATURES[dims]},
                 fidelity=False, sample_predictions=2)
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         all_records += [{**r, "budget": budget, "method": r["method"] if budget == "images" else
                          f"{r['method']} (wall clock)"} for r in records
                         if not (budget == "seconds" and r["method"] == "augment")]
-    config = {"task": a.task, "splits": a.splits, "first_split": a.first_split, "recipe": a.recipe, "steps": a.steps, "lr": a.lr,
+    config = {"task": a.task, "splits": a.splits, "first_split": a.first_split, "recipe": a.recipe, "steps": a.steps,
+              "lr": a.lr,
               "threads": a.threads, "segmenter_features": UNET_FEATURES[TASKS[a.task][3]],
               "budgets": list(cfgs), "sweeps": {b: str(c.out) for b, c in cfgs.items()},
               "train": dataclasses.asdict(next(iter(cfgs.values())).train)}

@@ -44,7 +44,7 @@ from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, shared, write_summary  # noqa: E402
+from common import RESULTS, UNET_FEATURES, shared, write_summary  # noqa: E402
 from genseg_benchmark import dice_plot  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
@@ -82,7 +82,7 @@ def sweep_config(a: argparse.Namespace, seed: int, unlabelled: Path, test: Path,
     train = TrainConfig(steps=a.steps, batch_size=8, lr=1e-3, val_every=max(1, a.steps // 8), progress=False)
     return SweepConfig(data=shared(source), out=out / f"split{seed}", methods=a.methods, n_values=[n_train],
                        seeds=[seed], test_data=test, target_unlabelled=unlabelled, n_val=n_val, n_test=a.n_test,
-                       segmenter="unet", segmenter_kwargs={"features": (16, 16, 32, 64, 128, 16)},
+                       segmenter="unet", segmenter_kwargs={"features": UNET_FEATURES[2]},
                        spec=PreprocessSpec(size=a.size), train=train, method_options=method_options(a),
                        device=a.device, fidelity=a.fidelity, report=True,
                        title=f"{a.task}: {n_train} + {n_val} labelled -> {TASKS[a.task][1]} (split {seed})")
@@ -124,7 +124,7 @@ def run(a: argparse.Namespace) -> Path:
     verdicts = target_verdicts(records)
     config = {"task": a.task, "source": TASKS[a.task][0], "site": TASKS[a.task][1], "n_train": TASKS[a.task][2],
               "n_val": TASKS[a.task][3], "methods": a.methods, "seeds": seeds, "size": a.size, "steps": a.steps,
-              "batch_size": 8, "lr": 1e-3, "segmenter_features": [16, 16, 32, 64, 128, 16],
+              "batch_size": 8, "lr": 1e-3, "segmenter_features": list(UNET_FEATURES[2]),
               "method_options": method_options(a), "fidelity": a.fidelity, "n_test_in_domain": a.n_test,
               "threads": a.threads,
               "splits": splits, "aim": "+3 Dice over augment on the target test half (split-level verdict)",
