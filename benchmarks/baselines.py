@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, paired, shared, write_summary  # noqa: E402
+from common import RESULTS, UNET_FEATURES, paired, shared, write_summary  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep  # noqa: E402
 from segsynth.segment.train import TrainConfig  # noqa: E402
 
-SMALL_UNET = (16, 16, 32, 64, 128, 16)
+SMALL_UNET = UNET_FEATURES[2]
 
 
 def shifted_copy(src: Path, dst: Path, n: int = 60, seed: int = 0) -> Path:
@@ -72,7 +72,7 @@ def config(name: str, a: argparse.Namespace) -> SweepConfig:
         train = TrainConfig(steps=a.steps, batch_size=2, lr=3e-3, val_every=max(1, a.steps // 6), progress=False)
         return SweepConfig(data=shared("hippocampus"), out=out, methods=["none", "augment"], n_values=[1, 2, 4, 8],
                            seeds=list(range(a.seeds)), n_val=2, n_test=30,
-                           segmenter_kwargs={"features": (8, 8, 16, 32, 64, 8)},
+                           segmenter_kwargs={"features": UNET_FEATURES[3]},
                            spec=PreprocessSpec(shape_3d=(40, 56, 40)), train=train, device=a.device,
                            title="Baselines on hippocampus, 3D volumes")
     raise SystemExit(f"unknown benchmark {name}")

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, machine, parse_sampler_spec, shared  # noqa: E402
+from benchmarks.common import RESULTS, UNET_FEATURES, machine, parse_sampler_spec, shared  # noqa: E402
 from segsynth.data.case import Case  # noqa: E402
 
 log = logging.getLogger("brainspade_benchmark")
@@ -160,7 +160,7 @@ def train_and_test(name: str, source, val: list[Case], test: list[Case], info, a
     from segsynth.utils.seed import derive_seed, seeded_scope
 
     with seeded_scope(derive_seed(seed, "segmenter-init")):  # initial weights from the seed, as in sweeps
-        model = build_segmenter("unet", 2, info.in_channels, info.num_classes, features=(16, 16, 32, 64, 128, 16))
+        model = build_segmenter("unet", 2, info.in_channels, info.num_classes, features=UNET_FEATURES[2])
     cfg = TrainConfig(steps=a.seg_steps, batch_size=a.seg_batch, lr=3e-3, val_every=max(1, a.seg_steps // 5),
                       seed=seed, progress=False)
     result, cost = timed(lambda: train_segmenter(model, source, val, cfg, num_classes=info.num_classes,

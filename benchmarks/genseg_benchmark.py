@@ -48,6 +48,17 @@ DATASETS = {
 }
 
 
+def generator_options(a: argparse.Namespace, dims: int) -> dict[str, Any]:
+    """The Pix2Pix / GenSeg generator's options from this benchmark's flags (--gen-features, --pretrain-steps, ...):
+    width 16 in 2D, 8 in 3D unless --gen-features says otherwise. benchmarks/synthesis_pays.py shares the flags
+    (with its own defaults), and benchmarks/nnunet_peer.py takes its generator from there."""
+    width = a.gen_features or (16 if dims == 2 else 8)
+    return {"features": width, "max_features": 8 * width, "disc_features": 2 * width,
+            "pretrain_steps": a.pretrain_steps, "arch_every": a.arch_every, "gen_batch_size": a.gen_batch_size,
+            "arch_batch_size": a.arch_batch_size, "derive_steps": a.derive_steps,
+            "hypergradient": a.hypergradient, "arch_lr": a.arch_lr, "arch_weight_decay": a.arch_weight_decay}
+
+
 def sweep_config(a: argparse.Namespace) -> SweepConfig:
     folder, n_train, n_val, dims, default_size, default_test = DATASETS[a.name]
     n_train = a.n_train or n_train
@@ -61,12 +72,7 @@ def sweep_config(a: argparse.Namespace) -> SweepConfig:
     else:
         spec = PreprocessSpec(spatial_dims=3, size=None, shape_3d=tuple(default_size))
         seg_kw = {"features": UNET_FEATURES[3]} if a.segmenter == "unet" else {}
-    width = a.gen_features or (16 if dims == 2 else 8)
-    genseg = {"features": width, "max_features": 8 * width, "disc_features": 2 * width,
-              "pretrain_steps": a.pretrain_steps, "arch_every": a.arch_every, "gen_batch_size": a.gen_batch_size,
-              "arch_batch_size": a.arch_batch_size, "derive_steps": a.derive_steps,
-              "hypergradient": a.hypergradient, "arch_lr": a.arch_lr,
-              "arch_weight_decay": a.arch_weight_decay}
+    genseg = generator_options(a, dims)
     opts = {m: dict(genseg) for m in ("genseg", "separate", "genseg_aug", "genseg_frozen")}
     test_data = None
     if getattr(a, "test_data", None):  # another site's labelled folder under ../shared/data: measured, never tuned on

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, genseg_step_pieces, machine  # noqa: E402
+from benchmarks.common import RESULTS, UNET_FEATURES, genseg_step_pieces, machine  # noqa: E402
 from segsynth.utils.files import write_json  # noqa: E402
 
 SETTINGS = {  # name: (fused cells, arch_every, arch_every_max, gen_every)
@@ -67,10 +67,10 @@ def pieces(dims: int, repeats: int) -> dict[str, dict[str, float]]:
     from segsynth.nets.segmenters import build_segmenter
 
     if dims == 2:
-        spec, seg_kw, width, batch = PreprocessSpec(spatial_dims=2, size=64), (16, 16, 32, 64, 128, 16), 16, 8
+        spec, seg_kw, width, batch = PreprocessSpec(spatial_dims=2, size=64), UNET_FEATURES[2], 16, 8
     else:
         spec, seg_kw, width, batch = (PreprocessSpec(spatial_dims=3, size=None, shape_3d=(32, 48, 32)),
-                                      (8, 8, 16, 32, 64, 8), 8, 2)
+                                      UNET_FEATURES[3], 8, 2)
     data = load_dataset(sample_path(), spec, progress=False)
     split = split_cases(data.cases, 2, 2, seed=0)
     k = data.info.num_classes

@@ -34,7 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, UNET_FEATURES, shared, write_summary  # noqa: E402
-from genseg_benchmark import dice_plot  # noqa: E402
+from genseg_benchmark import dice_plot, generator_options  # noqa: E402
+from synthesis_pays import build_parser as synthesis_parser  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep  # noqa: E402
@@ -49,13 +50,12 @@ TASKS: dict[str, tuple[str, int, int, int, Any, str | None]] = {
     "hippo3d": ("hippocampus", 2, 2, 3, (40, 56, 40), None),
 }
 
-#: the Pix2Pix / GenSeg generator of the flagship sweeps (benchmarks/synthesis_pays.py at its defaults: width 16 in
-#: 2D, 8 in 3D), so that ``separate_aug`` here is the recipe those sweeps measured; --recipe-options replaces it
 def flagship_generator(dims: int) -> dict[str, Any]:
-    width = 16 if dims == 2 else 8
-    return {"features": width, "max_features": 8 * width, "disc_features": 2 * width, "pretrain_steps": 200,
-            "arch_every": 2, "gen_batch_size": 4, "arch_batch_size": 4, "derive_steps": 40,
-            "hypergradient": "finite_difference", "arch_lr": 3e-4, "arch_weight_decay": 1e-3}
+    """The Pix2Pix / GenSeg generator of the flagship sweeps (benchmarks/synthesis_pays.py at its defaults: width 16
+    in 2D, 8 in 3D), so that ``separate_aug`` here is the recipe those sweeps measured; --recipe-options replaces
+    it."""
+    defaults = synthesis_parser().parse_args(["kvasir", "--stage", "sweep"])
+    return generator_options(defaults, dims)
 
 
 def sweep_configs(a: argparse.Namespace, out: Path) -> dict[str, SweepConfig]:

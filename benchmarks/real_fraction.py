@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, shared  # noqa: E402
+from common import RESULTS, UNET_FEATURES, machine, shared  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, run_sweep  # noqa: E402
@@ -45,7 +45,7 @@ def main() -> None:
     for f in fractions:
         cfg = SweepConfig(data=shared(a.data), out=RESULTS / f"_real_fraction_{a.method}" / f"rf{f:g}_n{a.n}_steps{a.steps}",
                           methods=[a.method], n_values=[a.n], seeds=list(range(a.seeds)), n_val=a.n_val, n_test=2,
-                          segmenter_kwargs={"features": (16, 16, 32, 64, 128, 16)}, spec=PreprocessSpec(size=a.size),
+                          segmenter_kwargs={"features": UNET_FEATURES[2]}, spec=PreprocessSpec(size=a.size),
                           train=TrainConfig(steps=a.steps, batch_size=8, val_every=max(1, a.steps // 6),
                                             progress=False),
                           method_options={a.method: {"real_fraction": f, "augment_real": True}}, device="cpu",

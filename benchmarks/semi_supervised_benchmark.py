@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, paired, shared, summarise, write_summary  # noqa: E402
+from common import RESULTS, UNET_FEATURES, paired, shared, summarise, write_summary  # noqa: E402
 from genseg_benchmark import dice_plot  # noqa: E402
 
 from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
@@ -36,7 +36,7 @@ from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep  # 
 from segsynth.generators import METHODS as REGISTRY  # noqa: E402
 from segsynth.segment.train import TrainConfig  # noqa: E402
 
-SMALL_UNET = (16, 16, 32, 64, 128, 16)
+SMALL_UNET = UNET_FEATURES[2]
 METHODS = ["augment", "mean_teacher", "fixmatch", "mean_teacher_w1"]
 # ablations: a registered method under another name with other options (the sweep keys options by name)
 # GenSeg as in benchmarks/genseg_benchmark.py / synthesis_pays.py (64 px: width 16, 200 GAN steps first)
@@ -55,7 +55,7 @@ DATA = {  # name: (folder, labelled training cases, validation cases, test cases
     "hippo3d": ("hippocampus", 2, 2, 40),  # volumes; the 2 labelled + 100 unlabelled (--max-unlabelled)
 }
 SHAPE_3D = (40, 56, 40)
-SMALL_UNET_3D = (8, 8, 16, 32, 64, 8)
+SMALL_UNET_3D = UNET_FEATURES[3]
 
 
 def sweep_config(a: argparse.Namespace) -> SweepConfig:

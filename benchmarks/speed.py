@@ -51,7 +51,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS, machine  # noqa: E402
+from benchmarks.common import RESULTS, UNET_FEATURES, machine  # noqa: E402
 from segsynth.data.case import Case  # noqa: E402
 from segsynth.data.transforms import classical_augmentation  # noqa: E402
 from segsynth.nets.segmenters import build_segmenter  # noqa: E402
@@ -214,7 +214,7 @@ def section_precision(a: argparse.Namespace, data: Data) -> dict[str, Any]:
 
 
 #: the 3D segmenter of the benchmarks (genseg_benchmark.py / synthesis_pays.py hippo3d): shape, features, batch
-SHAPE_3D, FEATURES_3D, BATCH_3D = (40, 56, 40), (8, 8, 16, 32, 64, 8), 2
+SHAPE_3D, FEATURES_3D, BATCH_3D = (40, 56, 40), UNET_FEATURES[3], 2
 
 
 def section_precision3d(a: argparse.Namespace, data: Data) -> dict[str, Any]:
