@@ -67,6 +67,11 @@ CLAIMS: list[tuple[str, str, str, str, str]] = [
     ("jsrt", "synthesis_pays_jsrt_s800sz", "separate_aug", "augment", "Pix2Pix first; + Shenzhen"),
     ("jsrt", "synthesis_pays_jsrt_s800sz", "genseg_aug_fast", "augment", "GenSeg cheap setting; + Shenzhen"),
     ("jsrt", "synthesis_pays_jsrt_s800sz", "fixmatch", "augment", "FixMatch on the split's unused X-rays"),
+    # JSRT 7 + 2 with Shenzhen's unlabelled half (the deployment site); tested on its other half and in domain
+    ("jsrt", "target_domain_jsrt", "fixmatch_target", "augment", "FixMatch on the target's unlabelled half"),
+    ("jsrt", "target_domain_jsrt", "spade_target", "augment", "SPADE painted in the target's styles"),
+    ("jsrt", "target_domain_jsrt", "spade_target+fixmatch", "augment", "the two combined"),
+    ("jsrt", "target_domain_jsrt", "domain_rand_aug", "augment", "randomised appearance, no target images"),
 ]
 
 
@@ -80,7 +85,11 @@ def load(folder: str, variant: str, baseline: str) -> list[dict[str, Any]]:
         base_n = min(int(r["n_train"]) for r in recs)
         return ([{**r, "method": baseline} for r in recs if int(r["n_train"]) == base_n]
                 + [{**r, "method": variant, "n_train": base_n} for r in recs if int(r["n_train"]) == big])
-    return [{**r, "method": v} for v in (baseline, variant) for r in read_jsonl(root / v / "results.jsonl")]
+    if (root / variant / "results.jsonl").exists():  # synthesis_pays: one sweep folder per variant
+        return [{**r, "method": v} for v in (baseline, variant) for r in read_jsonl(root / v / "results.jsonl")]
+    # one sweep with every method (nnunet_peer_<task>/images), or one per split (target_domain_<task>/split<s>)
+    files = sorted([*root.glob("results.jsonl"), *root.glob("*/results.jsonl")])
+    return [r for f in files for r in read_jsonl(f) if r.get("method") in (baseline, variant)]
 
 
 def main() -> None:
