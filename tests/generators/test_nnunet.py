@@ -129,6 +129,32 @@ def test_sweep_with_nnunet_end_to_end(tmp_path):
 
 @needs_nnunet
 @pytest.mark.slow
+@pytest.mark.parametrize("dims", [2, 3])
+def test_sweep_augment_and_nnunet_on_the_shipped_sample(tmp_path, dims):
+    """The issue's 'done when': ``segsynth sweep --methods augment,nnunet`` on the sample the package ships
+    (hippocampus MRI: 2D slices, and the 3D volumes through nnU-Net's 3d_fullres)."""
+    from segsynth.data.sample import sample_path
+
+    out = tmp_path / f"sweep{dims}d"
+    shape = ["--size", "32"] if dims == 2 else ["--shape-3d", "32,32,32"]
+    assert main(["sweep", "--data", str(sample_path()), "--dims", str(dims), *shape, "--methods", "augment,nnunet",
+                 "--n", "2", "--n-val", "2", "--n-test", "3", "--seeds", "1", "--steps", "2", "--batch-size", "2",
+                 "--threads", "1", "--no-fidelity", "--method-opt", "nnunet.iterations_per_epoch=2",
+                 "--out", str(out)]) == 0
+    records = {r["method"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    nn, aug = records["nnunet"], records["augment"]
+    assert nn["status"] == "ok", nn.get("error")
+    assert [p["case_id"] for p in nn["per_case"]] == [p["case_id"] for p in aug["per_case"]]
+    assert len({p.get("volume_id", p["case_id"]) for p in nn["per_case"]}) == 3  # 3 test volumes (2D: their slices)
+    assert all(0.0 <= d <= 1.0 for p in nn["per_case"] for d in p["dice"].values())  # per class
+    config = "2d" if dims == 2 else "3d_fullres"
+    fold = (out / "runs" / "nnunet_n2_s0" / "nnunet" / "results" / "Dataset501_segsynth"
+            / f"nnUNetTrainerSegsynthBudget__nnUNetPlans__{config}" / "fold_0")
+    assert (fold / "checkpoint_final.pth").exists()
+
+
+@needs_nnunet
+@pytest.mark.slow
 def test_killed_nnunet_run_resumes_from_its_latest_checkpoint(tmp_path):
     """A sweep killed (SIGKILL) while nnU-Net trains: run again, the run continues from nnU-Net's latest
     checkpoint (whole, thanks to the trainer's write-then-rename) instead of starting over, and finishes."""
