@@ -41,6 +41,11 @@ Options (``--method-opt nnunet.KEY=VALUE``):
         the training process, which on a few cores competes with the network for the same cores anyway;
         nnU-Net's own default on a GPU).
     planner: nnU-Net's experiment planner (default "ExperimentPlanner", the plans ``nnUNetPlans``).
+    batch_size: "plan" (default for ``nnunet``): the batch nnU-Net's planner picks for the training set as
+        written; "real" (default for ``nnunet+GENERATOR``): the batch it picks for the real cases alone (its rule
+        caps a batch at 5 % of the dataset's voxels, so synthetic pairs would raise the batch, and at a matched
+        images budget halve the iterations: "real" keeps the batch, so that only the training set differs from
+        ``nnunet``'s); or a number.
 ``nnunet+GENERATOR`` also takes ``n_synthetic`` (synthetic pairs written into the training fold; default: as
 many as the real training cases, half of what nnU-Net samples), and passes every other option to the generator
 method.
@@ -258,6 +263,9 @@ def train_entry(argv: list[str] | None = None) -> int:
     base = Path(os.fspath(nnUNet_preprocessed)) / dataset
     plans = json.loads((base / f"{PLANS}.json").read_text())
     plans["continue_training"] = mode == "continue"
+    batch = json.loads(os.environ.get("SEGSYNTH_NNUNET_BUDGET", "{}")).get("batch_size")
+    if batch:  # the run's batch (nnunet.batch_size), over the planned one
+        plans["configurations"][configuration]["batch_size"] = int(batch)
     dataset_json = json.loads((base / "dataset.json").read_text())
     trainer = nnUNetTrainerSegsynthBudget(plans=plans, configuration=configuration, fold=int(fold),
                                           dataset_json=dataset_json, device=torch.device(device))
@@ -393,7 +401,21 @@ class NnUNetResult(TrainResult):
 
 OPTIONS: dict[str, Any] = {"budget": "images", "epochs": None, "iterations_per_epoch": None,
                            "val_iterations_per_epoch": None, "seconds": None, "configuration": None,
-                           "workers": None, "planner": "ExperimentPlanner"}
+                           "workers": None, "planner": "ExperimentPlanner", "batch_size": "plan"}
+
+
+def real_cases_batch(plans: dict[str, Any], configuration: str, n_real: int, n_all: int) -> int:
+    """The batch nnU-Net's ExperimentPlanner would give ``configuration`` for ``n_real`` of the dataset's ``n_all``
+    cases: its planned batch, capped again by its rule that a batch covers at most 5 % of the dataset's voxels
+    (and at least 2). Equal to the planned batch when nothing is synthetic."""
+    conf = plans["configurations"][configuration]
+    planned = int(conf["batch_size"])
+    if n_real >= n_all:
+        return planned
+    median = plans.get("configurations", {}).get("3d_fullres", {}).get("median_image_size_in_voxels") \
+        or plans["original_median_shape_after_transp"]
+    cap = round(float(np.prod(median, dtype=np.float64)) * n_real * 0.05 / float(np.prod(conf["patch_size"])))
+    return max(min(planned, cap), 2)
 
 
 class NnUNetMethod(Method):
@@ -418,6 +440,9 @@ class NnUNetMethod(Method):
         for key in ("val_iterations_per_epoch", "workers"):
             if o[key] is not None and int(o[key]) < 0:
                 raise ConfigError(f"{self.name}.{key} must be >= 0, got {o[key]!r}")
+        b = o["batch_size"]
+        if b not in ("plan", "real") and not (str(b).isdigit() and int(b) >= 1):
+            raise ConfigError(f"{self.name}.batch_size must be plan, real or a number >= 1, not {b!r}")
         if o["configuration"] not in (None, "2d", "3d_fullres", "3d_lowres"):
             raise ConfigError(f"{self.name}.configuration must be 2d, 3d_fullres or 3d_lowres")
 
@@ -461,12 +486,17 @@ class NnUNetMethod(Method):
             if o["budget"] == "seconds":
                 seconds = float(o["seconds"]) if o["seconds"] is not None else matched_seconds(ctx)
                 seconds = max(1.0, seconds - t_plan)  # the wall clock counts nnU-Net's planning too
-            budget = schedule(o, cfg, int(plans["configurations"][configuration]["batch_size"]), seconds)
-            budget["configuration"] = configuration
+            planned = int(plans["configurations"][configuration]["batch_size"])
+            n_real = len([c for c in ctx.train if c.mask is not None]) + len(ctx.val)
+            batch = (planned if o["batch_size"] == "plan" else
+                     real_cases_batch(plans, configuration, n_real, n_real + len(synthetic))
+                     if o["batch_size"] == "real" else int(o["batch_size"]))
+            budget = schedule(o, cfg, batch, seconds)
+            budget.update(configuration=configuration, planned_batch_size=planned, batch_option=o["batch_size"])
             write_json(saved, budget)
         fold_dir = train(run, configuration, {k: budget[k] for k in ("epochs", "iterations_per_epoch",
-                                                                     "val_iterations_per_epoch", "seconds")
-                                              if k in budget})
+                                                                     "val_iterations_per_epoch", "seconds",
+                                                                     "batch_size") if k in budget})
         trained = fold_dir / "segsynth_budget.json"
         epochs = json.loads(trained.read_text())["epochs"] if trained.exists() else budget["epochs"]
         iterations = int(epochs) * int(budget["iterations_per_epoch"])
@@ -517,7 +547,7 @@ class NnUNetGeneratorMethod(NnUNetMethod):
         return f"nnU-Net v2 trained on the real cases + {self.inner_name}'s synthetic pairs; needs the nnunet extra"
 
     def nnunet_options(self) -> dict[str, Any]:
-        return {**OPTIONS, **{k: v for k, v in self.own.items() if k in OPTIONS}}
+        return {**OPTIONS, "batch_size": "real", **{k: v for k, v in self.own.items() if k in OPTIONS}}
 
     def option_values(self) -> dict[str, Any]:
         return {**self.inner.option_values(), **self.nnunet_options(), "n_synthetic": self.own.get("n_synthetic")}

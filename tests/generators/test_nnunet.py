@@ -20,7 +20,7 @@ import torch
 from segsynth.cli import main
 from segsynth.errors import ConfigError
 from segsynth.generators import METHODS, get_method
-from segsynth.generators.nnunet import NnUNetGeneratorMethod, nnunet_available, schedule
+from segsynth.generators.nnunet import NnUNetGeneratorMethod, nnunet_available, real_cases_batch, schedule
 from segsynth.segment.train import TrainConfig
 from tests.conftest import write_png_dataset
 from tests.data.data_builders import make_msd
@@ -71,6 +71,24 @@ def test_nnunet_plus_generator_names_and_options():
     assert generic.name == "nnunet+separate" and "nnunet+separate" not in METHODS
     with pytest.raises(ConfigError, match="makes no synthetic pairs"):
         get_method("nnunet+augment")
+
+
+def test_batch_for_the_real_cases_alone():
+    """nnunet+GENERATOR keeps the batch nnU-Net plans for the real cases (its 5 %-of-the-dataset cap would grow
+    with the synthetic pairs; Kvasir 32 + 8 with 32 pairs: planned 4, real 2), so only the training set differs."""
+    plans = {"original_median_shape_after_transp": [1, 64, 64],
+             "configurations": {"2d": {"batch_size": 4, "patch_size": [64, 64]}}}
+    assert real_cases_batch(plans, "2d", n_real=40, n_all=72) == 2  # round(40 * 4096 * 0.05 / 4096)
+    assert real_cases_batch(plans, "2d", n_real=72, n_all=72) == 4  # nothing synthetic: the plan
+    assert real_cases_batch(plans, "2d", n_real=9, n_all=41) == 2  # never below nnU-Net's minimum, 2
+    big = {**plans, "configurations": {"2d": {"batch_size": 12, "patch_size": [64, 64]}}}
+    assert real_cases_batch(big, "2d", n_real=400, n_all=800) == 12  # a memory-bound plan stays
+    assert get_method("nnunet").option_values()["batch_size"] == "plan"
+    assert get_method("nnunet+spade").option_values()["batch_size"] == "real"
+    assert get_method("nnunet+spade", batch_size="plan").option_values()["batch_size"] == "plan"
+    assert get_method("nnunet", batch_size=3).option_values()["batch_size"] == 3
+    with pytest.raises(ConfigError, match="batch_size"):
+        get_method("nnunet", batch_size="large")
 
 
 def _verify(folder) -> None:
@@ -140,17 +158,19 @@ def test_sweep_augment_and_nnunet_on_the_shipped_sample(tmp_path, dims):
     assert main(["sweep", "--data", str(sample_path()), "--dims", str(dims), *shape, "--methods", "augment,nnunet",
                  "--n", "2", "--n-val", "2", "--n-test", "3", "--seeds", "1", "--steps", "2", "--batch-size", "2",
                  "--threads", "1", "--no-fidelity", "--method-opt", "nnunet.iterations_per_epoch=2",
-                 "--out", str(out)]) == 0
+                 "--method-opt", "nnunet.batch_size=3", "--out", str(out)]) == 0
     records = {r["method"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     nn, aug = records["nnunet"], records["augment"]
     assert nn["status"] == "ok", nn.get("error")
     assert [p["case_id"] for p in nn["per_case"]] == [p["case_id"] for p in aug["per_case"]]
+    assert nn["nnunet_budget"]["batch_size"] == 3 and nn["nnunet_budget"]["images_seen"] == 2 * 3  # 1 epoch x 2
     assert len({p.get("volume_id", p["case_id"]) for p in nn["per_case"]}) == 3  # 3 test volumes (2D: their slices)
     assert all(0.0 <= d <= 1.0 for p in nn["per_case"] for d in p["dice"].values())  # per class
     config = "2d" if dims == 2 else "3d_fullres"
     fold = (out / "runs" / "nnunet_n2_s0" / "nnunet" / "results" / "Dataset501_segsynth"
             / f"nnUNetTrainerSegsynthBudget__nnUNetPlans__{config}" / "fold_0")
     assert (fold / "checkpoint_final.pth").exists()
+    assert json.loads((fold.parent / "plans.json").read_text())["configurations"][config]["batch_size"] == 3
 
 
 @needs_nnunet
