@@ -148,6 +148,8 @@ class NnUNetRun:
     root: Path
     device: torch.device
     workers: int | None = None
+    #: peak resident memory of the largest subprocess so far (planning, training), MB; 0 where unknown
+    peak_rss_mb: float = 0.0
 
     @property
     def raw(self) -> Path:
@@ -201,12 +203,30 @@ class NnUNetRun:
         with open(path, "a") as out:
             out.write(f"\n$ {entry} {' '.join(args)}\n")
             out.flush()
-            proc = subprocess.run([sys.executable, "-c", code, *args], stdout=out, stderr=subprocess.STDOUT,
-                                  env=self.env(budget), cwd=self.root)
+            proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=subprocess.STDOUT,
+                                    env=self.env(budget), cwd=self.root)
+            try:
+                self.peak_rss_mb = max(self.peak_rss_mb, _wait_with_peak_rss(proc))
+            except BaseException:  # interrupted: nnU-Net's process must not outlive the run
+                proc.kill()
+                proc.wait()
+                raise
         if proc.returncode != 0:
             tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"nnU-Net {entry.split(':')[1]} failed (exit {proc.returncode}); {path}:\n{tail}")
         log.info("nnU-Net %s: %.1f s", fn, time.perf_counter() - t0)
+
+
+def _wait_with_peak_rss(proc: subprocess.Popen) -> float:
+    """Wait for ``proc``; returns its peak resident memory in MB (with its waited-for children's; 0 where the
+    platform does not report it). ``os.wait4`` gives the usage of that one process, which the sweep's own
+    peak-memory reading (this process's) cannot see."""
+    if not hasattr(os, "wait4"):
+        proc.wait()
+        return 0.0
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024.0)  # bytes on macOS, kB on Linux
 
 
 def plan_and_preprocess(run: NnUNetRun, configuration: str, planner: str, fold: dict[str, list[str]]) -> dict:
@@ -505,12 +525,14 @@ class NnUNetMethod(Method):
         model = NnUNetModel(fold_dir.parent, torch.device(ctx.device), root)
         fields = {**budget, "epochs_run": int(epochs), "iterations": iterations,
                   "images_seen": iterations * int(budget["batch_size"]), "n_synthetic": len(synthetic),
-                  "plan_seconds": t_plan}
+                  "plan_seconds": t_plan, "subprocess_peak_memory_mb": run.peak_rss_mb}
         log.info("%s: %s budget, %d epochs x %d iterations of batch %d (%d images); validation Dice %.3f",
                  self.name, budget["budget"], epochs, budget["iterations_per_epoch"], budget["batch_size"],
                  fields["images_seen"], val_dice)
+        # on the CPU the run's peak memory is nnU-Net's process's, which the sweep's reading of its own misses
+        peak = run.peak_rss_mb if run.device.type == "cpu" else 0.0
         return NnUNetResult(model=model.network, best_val_dice=val_dice, best_step=iterations,
-                            seconds=time.perf_counter() - t0, steps=iterations, predictor=model,
+                            seconds=time.perf_counter() - t0, steps=iterations, predictor=model, peak_memory_mb=peak,
                             record_fields={"nnunet_budget": fields})
 
 
