@@ -72,6 +72,18 @@ CLAIMS: list[tuple[str, str, str, str, str]] = [
     ("jsrt", "target_domain_jsrt", "spade_target", "augment", "SPADE painted in the target's styles"),
     ("jsrt", "target_domain_jsrt", "spade_target+fixmatch", "augment", "the two combined"),
     ("jsrt", "target_domain_jsrt", "domain_rand_aug", "augment", "randomised appearance, no target images"),
+    # ISIC 32 + 8 with PH2's unlabelled half (the deployment site); tested on its other half and in domain
+    ("isic", "target_domain_isic", "fixmatch_target", "augment", "FixMatch on the target's unlabelled half"),
+    ("isic", "target_domain_isic", "spade_target", "augment", "SPADE painted in the target's styles"),
+    ("isic", "target_domain_isic", "spade_target+fixmatch", "augment", "the two combined"),
+    ("isic", "target_domain_isic", "domain_rand_aug", "augment", "randomised appearance, no target images"),
+    # nnU-Net v2 as the peer, Kvasir 32 + 8 (benchmarks/nnunet_peer.py): matched images, then matched wall clock
+    ("kvasir", "nnunet_peer_kvasir/images", "nnunet", "augment", "nnU-Net, as many images as augment sees"),
+    ("kvasir", "nnunet_peer_kvasir/images", "separate_aug", "nnunet", "the best recipe against nnU-Net"),
+    ("kvasir", "nnunet_peer_kvasir/images", "nnunet+separate_aug", "nnunet", "its synthetic pairs added to nnU-Net"),
+    ("kvasir", "nnunet_peer_kvasir/images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
+    ("kvasir", "nnunet_peer_kvasir/seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
+    ("kvasir", "nnunet_peer_kvasir/seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"),
 ]
 
 
