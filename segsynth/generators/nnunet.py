@@ -495,17 +495,19 @@ class NnUNetMethod(Method):
         run = NnUNetRun(root, torch.device(ctx.device), None if o["workers"] is None else int(o["workers"]))
         saved = root / "budget.json"
         synthetic = self.synthetic_cases(ctx)
+        t_generator = time.perf_counter() - t0  # nnunet+GENERATOR: the generator's fit and sampling (else ~0)
         _, fold = write_raw_dataset(run.raw, ctx.info, [c for c in ctx.train if c.mask is not None], ctx.val,
                                     synthetic)
         plans = plan_and_preprocess(run, configuration, str(o["planner"]), fold)
-        t_plan = time.perf_counter() - t0
+        t_before_training = time.perf_counter() - t0
         if saved.exists():  # a resumed run keeps its budget (a wall-clock one above all)
             budget = json.loads(saved.read_text())
         else:
             seconds = None
             if o["budget"] == "seconds":
                 seconds = float(o["seconds"]) if o["seconds"] is not None else matched_seconds(ctx)
-                seconds = max(1.0, seconds - t_plan)  # the wall clock counts nnU-Net's planning too
+                # the wall clock counts what came before training: the generator's pairs and nnU-Net's planning
+                seconds = max(1.0, seconds - t_before_training)
             planned = int(plans["configurations"][configuration]["batch_size"])
             n_real = len([c for c in ctx.train if c.mask is not None]) + len(ctx.val)
             batch = (planned if o["batch_size"] == "plan" else
@@ -525,7 +527,8 @@ class NnUNetMethod(Method):
         model = NnUNetModel(fold_dir.parent, torch.device(ctx.device), root)
         fields = {**budget, "epochs_run": int(epochs), "iterations": iterations,
                   "images_seen": iterations * int(budget["batch_size"]), "n_synthetic": len(synthetic),
-                  "plan_seconds": t_plan, "subprocess_peak_memory_mb": run.peak_rss_mb}
+                  "generator_seconds": t_generator, "plan_seconds": t_before_training - t_generator,
+                  "subprocess_peak_memory_mb": run.peak_rss_mb}
         log.info("%s: %s budget, %d epochs x %d iterations of batch %d (%d images); validation Dice %.3f",
                  self.name, budget["budget"], epochs, budget["iterations_per_epoch"], budget["batch_size"],
                  fields["images_seen"], val_dice)

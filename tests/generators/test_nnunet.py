@@ -164,6 +164,7 @@ def test_sweep_augment_and_nnunet_on_the_shipped_sample(tmp_path, dims):
     assert nn["status"] == "ok", nn.get("error")
     assert [p["case_id"] for p in nn["per_case"]] == [p["case_id"] for p in aug["per_case"]]
     assert nn["nnunet_budget"]["batch_size"] == 3 and nn["nnunet_budget"]["images_seen"] == 2 * 3  # 1 epoch x 2
+    assert nn["nnunet_budget"]["plan_seconds"] > 0 and 0 <= nn["nnunet_budget"]["generator_seconds"] < 1  # none
     child = nn["nnunet_budget"]["subprocess_peak_memory_mb"]  # nnU-Net's own process (torch + its trainer)
     assert child > 200 and nn["peak_memory_mb"] >= child  # the record's peak is the run's, nnU-Net's included
     assert len({p.get("volume_id", p["case_id"]) for p in nn["per_case"]}) == 3  # 3 test volumes (2D: their slices)
