@@ -283,9 +283,6 @@ def train_entry(argv: list[str] | None = None) -> int:
     base = Path(os.fspath(nnUNet_preprocessed)) / dataset
     plans = json.loads((base / f"{PLANS}.json").read_text())
     plans["continue_training"] = mode == "continue"
-    batch = json.loads(os.environ.get("SEGSYNTH_NNUNET_BUDGET", "{}")).get("batch_size")
-    if batch:  # the run's batch (nnunet.batch_size), over the planned one
-        plans["configurations"][configuration]["batch_size"] = int(batch)
     dataset_json = json.loads((base / "dataset.json").read_text())
     trainer = nnUNetTrainerSegsynthBudget(plans=plans, configuration=configuration, fold=int(fold),
                                           dataset_json=dataset_json, device=torch.device(device))
@@ -432,7 +429,7 @@ def real_cases_batch(plans: dict[str, Any], configuration: str, n_real: int, n_a
     planned = int(conf["batch_size"])
     if n_real >= n_all:
         return planned
-    median = plans.get("configurations", {}).get("3d_fullres", {}).get("median_image_size_in_voxels") \
+    median = plans["configurations"].get("3d_fullres", {}).get("median_image_size_in_voxels") \
         or plans["original_median_shape_after_transp"]
     cap = round(float(np.prod(median, dtype=np.float64)) * n_real * 0.05 / float(np.prod(conf["patch_size"])))
     return max(min(planned, cap), 2)
@@ -496,8 +493,8 @@ class NnUNetMethod(Method):
         saved = root / "budget.json"
         synthetic = self.synthetic_cases(ctx)
         t_generator = time.perf_counter() - t0  # nnunet+GENERATOR: the generator's fit and sampling (else ~0)
-        _, fold = write_raw_dataset(run.raw, ctx.info, [c for c in ctx.train if c.mask is not None], ctx.val,
-                                    synthetic)
+        labelled = [c for c in ctx.train if c.mask is not None]
+        _, fold = write_raw_dataset(run.raw, ctx.info, labelled, ctx.val, synthetic)
         plans = plan_and_preprocess(run, configuration, str(o["planner"]), fold)
         t_before_training = time.perf_counter() - t0
         if saved.exists():  # a resumed run keeps its budget (a wall-clock one above all)
@@ -509,7 +506,7 @@ class NnUNetMethod(Method):
                 # the wall clock counts what came before training: the generator's pairs and nnU-Net's planning
                 seconds = max(1.0, seconds - t_before_training)
             planned = int(plans["configurations"][configuration]["batch_size"])
-            n_real = len([c for c in ctx.train if c.mask is not None]) + len(ctx.val)
+            n_real = len(labelled) + len(ctx.val)
             batch = (planned if o["batch_size"] == "plan" else
                      real_cases_batch(plans, configuration, n_real, n_real + len(synthetic))
                      if o["batch_size"] == "real" else int(o["batch_size"]))

@@ -10,7 +10,8 @@ subprocess that runs ``nnUNetv2_train``:
 * ``seconds`` (optional): a wall-clock budget for the training loop. The first epoch is timed and the number
   of epochs is fixed from it (kept in ``segsynth_budget.json`` in the fold's folder, so a resumed run keeps
   it), the learning-rate schedule is stretched to it, and ``epochs`` is then only a ceiling;
-* ``threads`` (optional): torch threads on the CPU (``nnUNetv2_train -device cpu`` takes every core).
+* ``threads`` (optional): torch threads on the CPU (``nnUNetv2_train -device cpu`` takes every core);
+* ``batch_size`` (optional): the run's batch, over the one in the plans (``nnunet.batch_size``).
 
 nnU-Net finds this class by name through ``nnUNet_extTrainer`` (nnunetv2 >= 2.8.1), so no file is written into
 nnU-Net's own package. The latest checkpoint is written after every epoch, so a killed run resumes (``--c``)
@@ -32,8 +33,11 @@ BUDGET_FILE = "segsynth_budget.json"
 class nnUNetTrainerSegsynthBudget(nnUNetTrainer):  # nnU-Net names trainers so; found by class name
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
-        super().__init__(plans, configuration, fold, dataset_json, device)
         budget = json.loads(os.environ.get("SEGSYNTH_NNUNET_BUDGET", "{}"))
+        if budget.get("batch_size"):  # before nnU-Net reads the plans (and saves them with the fold)
+            conf = {**plans["configurations"][configuration], "batch_size": int(budget["batch_size"])}
+            plans = {**plans, "configurations": {**plans["configurations"], configuration: conf}}
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = int(budget.get("epochs", self.num_epochs))
         self.num_iterations_per_epoch = int(budget.get("iterations_per_epoch", self.num_iterations_per_epoch))
         self.num_val_iterations_per_epoch = int(budget.get("val_iterations_per_epoch",
