@@ -84,6 +84,13 @@ CLAIMS: list[tuple[str, str, str, str, str]] = [
     ("kvasir", "nnunet_peer_kvasir/images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
     ("kvasir", "nnunet_peer_kvasir/seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
     ("kvasir", "nnunet_peer_kvasir/seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"),
+    # the same on JSRT 7 + 2, in domain and on Shenzhen
+    ("jsrt", "nnunet_peer_jsrt/images", "nnunet", "augment", "nnU-Net, as many images as augment sees"),
+    ("jsrt", "nnunet_peer_jsrt/images", "separate_aug", "nnunet", "the best recipe against nnU-Net"),
+    ("jsrt", "nnunet_peer_jsrt/images", "nnunet+separate_aug", "nnunet", "its synthetic pairs added to nnU-Net"),
+    ("jsrt", "nnunet_peer_jsrt/images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
+    ("jsrt", "nnunet_peer_jsrt/seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
+    ("jsrt", "nnunet_peer_jsrt/seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"),
 ]
 
 
