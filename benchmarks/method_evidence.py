@@ -91,6 +91,16 @@ CLAIMS: list[tuple[str, str, str, str, str]] = [
     ("jsrt", "nnunet_peer_jsrt/images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
     ("jsrt", "nnunet_peer_jsrt/seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
     ("jsrt", "nnunet_peer_jsrt/seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"),
+    # ISIC 32 + 8 (in domain and on PH2) and hippocampus 3D with 2 volumes: rows appear once their sweeps exist
+    *[(task, f"nnunet_peer_{task}/{budget}", variant, baseline, note)
+      for task in ("isic", "hippo3d")
+      for budget, variant, baseline, note in (
+          ("images", "nnunet", "augment", "nnU-Net, as many images as augment sees"),
+          ("images", "separate_aug", "nnunet", "the best recipe against nnU-Net"),
+          ("images", "nnunet+separate_aug", "nnunet", "its synthetic pairs added to nnU-Net"),
+          ("images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
+          ("seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
+          ("seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"))],
 ]
 
 
