@@ -77,23 +77,11 @@ CLAIMS: list[tuple[str, str, str, str, str]] = [
     ("isic", "target_domain_isic", "spade_target", "augment", "SPADE painted in the target's styles"),
     ("isic", "target_domain_isic", "spade_target+fixmatch", "augment", "the two combined"),
     ("isic", "target_domain_isic", "domain_rand_aug", "augment", "randomised appearance, no target images"),
-    # nnU-Net v2 as the peer, Kvasir 32 + 8 (benchmarks/nnunet_peer.py): matched images, then matched wall clock
-    ("kvasir", "nnunet_peer_kvasir/images", "nnunet", "augment", "nnU-Net, as many images as augment sees"),
-    ("kvasir", "nnunet_peer_kvasir/images", "separate_aug", "nnunet", "the best recipe against nnU-Net"),
-    ("kvasir", "nnunet_peer_kvasir/images", "nnunet+separate_aug", "nnunet", "its synthetic pairs added to nnU-Net"),
-    ("kvasir", "nnunet_peer_kvasir/images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
-    ("kvasir", "nnunet_peer_kvasir/seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
-    ("kvasir", "nnunet_peer_kvasir/seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"),
-    # the same on JSRT 7 + 2, in domain and on Shenzhen
-    ("jsrt", "nnunet_peer_jsrt/images", "nnunet", "augment", "nnU-Net, as many images as augment sees"),
-    ("jsrt", "nnunet_peer_jsrt/images", "separate_aug", "nnunet", "the best recipe against nnU-Net"),
-    ("jsrt", "nnunet_peer_jsrt/images", "nnunet+separate_aug", "nnunet", "its synthetic pairs added to nnU-Net"),
-    ("jsrt", "nnunet_peer_jsrt/images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
-    ("jsrt", "nnunet_peer_jsrt/seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
-    ("jsrt", "nnunet_peer_jsrt/seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"),
-    # ISIC 32 + 8 (in domain and on PH2) and hippocampus 3D with 2 volumes: rows appear once their sweeps exist
+    # nnU-Net v2 as the peer (benchmarks/nnunet_peer.py): matched images, then matched wall clock; Kvasir 32 + 8,
+    # JSRT 7 + 2 (in domain and on Shenzhen), ISIC 32 + 8 (and PH2), hippocampus 3D with 2 volumes (a task's rows
+    # appear once its sweeps exist)
     *[(task, f"nnunet_peer_{task}/{budget}", variant, baseline, note)
-      for task in ("isic", "hippo3d")
+      for task in ("kvasir", "jsrt", "isic", "hippo3d")
       for budget, variant, baseline, note in (
           ("images", "nnunet", "augment", "nnU-Net, as many images as augment sees"),
           ("images", "separate_aug", "nnunet", "the best recipe against nnU-Net"),
