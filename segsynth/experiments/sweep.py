@@ -357,7 +357,9 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
     except Exception as e:  # one failed method must not sink the sweep; it is recorded and reported
         log.error("%s N=%d seed=%d failed: %s", method_name, n, seed, e)
         return _failed_records(base, e, test_sets, traceback.format_exc()[-2000:])
-    train_seconds = time.perf_counter() - t0
+    # a resumed run's cost includes what the interrupted process before it spent (nnunet reads it from its logs)
+    earlier = float(getattr(result, "earlier_seconds", 0.0) or 0.0)
+    train_seconds = time.perf_counter() - t0 + earlier
     records = []
     for name, cases in test_sets:
         per_case = []
@@ -380,7 +382,7 @@ def _one_run(cfg: SweepConfig, info, method_name: str, n: int, seed: int, train:
         hd = [p["hd95_mean"] for p in per_case if p.get("hd95_mean") is not None]
         records.append({**base, "test_set": name, "status": "ok", "val_dice": result.best_val_dice,
                         "best_step": result.best_step, "train_seconds": train_seconds,
-                        "seconds": time.perf_counter() - t0,
+                        "seconds": time.perf_counter() - t0 + earlier,
                         # a method that trains in a subprocess (nnunet) reports that process's peak itself
                         "peak_memory_mb": max(peak_memory_mb(device), result.peak_memory_mb or 0.0),
                         **compute_description(device), "dice_mean": float(np.mean(dice)) if dice else None,

@@ -60,6 +60,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,17 @@ def plan_and_preprocess(run: NnUNetRun, configuration: str, planner: str, fold: 
         raise ConfigError(f"nnU-Net planned no {configuration!r} configuration for this dataset "
                           f"(planned: {', '.join(plans.get('configurations', {}))})")
     return plans
+
+
+_EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
+
+
+def logged_epoch_seconds(fold_dir: Path) -> float:
+    """The seconds of the epochs nnU-Net's training logs in ``fold_dir`` record (its own "Epoch time" lines,
+    over every ``training_log_*.txt``); 0 where it has logged none. Read before training, it is what an earlier,
+    interrupted process of the run spent, which a resumed run's cost must include."""
+    return sum(float(m.group(1)) for p in sorted(Path(fold_dir).glob("training_log_*.txt"))
+               for m in _EPOCH_TIME.finditer(p.read_text(errors="replace")))
 
 
 def train(run: NnUNetRun, configuration: str, budget: dict[str, Any]) -> Path:
@@ -513,6 +525,7 @@ class NnUNetMethod(Method):
             budget = schedule(o, cfg, batch, seconds)
             budget.update(configuration=configuration, planned_batch_size=planned, batch_option=o["batch_size"])
             write_json(saved, budget)
+        earlier = logged_epoch_seconds(run.model_folder(configuration) / f"fold_{FOLD}")  # 0 unless resumed
         fold_dir = train(run, configuration, {k: budget[k] for k in ("epochs", "iterations_per_epoch",
                                                                      "val_iterations_per_epoch", "seconds",
                                                                      "batch_size") if k in budget})
@@ -525,7 +538,9 @@ class NnUNetMethod(Method):
         fields = {**budget, "epochs_run": int(epochs), "iterations": iterations,
                   "images_seen": iterations * int(budget["batch_size"]), "n_synthetic": len(synthetic),
                   "generator_seconds": t_generator, "plan_seconds": t_before_training - t_generator,
-                  "subprocess_peak_memory_mb": run.peak_rss_mb}
+                  "subprocess_peak_memory_mb": run.peak_rss_mb,
+                  # epochs an earlier, interrupted process trained (nnU-Net's log); the record's seconds include them
+                  "earlier_training_seconds": earlier}
         log.info("%s: %s budget, %d epochs x %d iterations of batch %d (%d images); validation Dice %.3f",
                  self.name, budget["budget"], epochs, budget["iterations_per_epoch"], budget["batch_size"],
                  fields["images_seen"], val_dice)
@@ -533,7 +548,7 @@ class NnUNetMethod(Method):
         peak = run.peak_rss_mb if run.device.type == "cpu" else 0.0
         return NnUNetResult(model=model.network, best_val_dice=val_dice, best_step=iterations,
                             seconds=time.perf_counter() - t0, steps=iterations, predictor=model, peak_memory_mb=peak,
-                            record_fields={"nnunet_budget": fields})
+                            earlier_seconds=earlier, record_fields={"nnunet_budget": fields})
 
 
 class NnUNetGeneratorMethod(NnUNetMethod):

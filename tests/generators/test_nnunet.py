@@ -117,6 +117,19 @@ def test_export_passes_nnunets_own_check_3d_nifti(tmp_path):
     _verify(folder)
 
 
+def test_logged_epoch_seconds_sums_every_training_log(tmp_path):
+    """A resumed run's earlier cost: nnU-Net's "Epoch time" lines over all its training logs (one per process)."""
+    from segsynth.generators.nnunet import logged_epoch_seconds
+
+    assert logged_epoch_seconds(tmp_path) == 0.0  # trained here from scratch: nothing earlier
+    (tmp_path / "training_log_2026_12_7_01_04_36.txt").write_text(
+        "2026-12-07 01:04:36.168330: Epoch 0 \n2026-12-07 01:14:45.182243: Epoch time: 609.01 s \n"
+        "2026-12-07 01:14:45.964634: Epoch 1 \n2026-12-07 01:26:44.322531: Epoch time: 718.36 s \n")
+    (tmp_path / "training_log_2026_12_7_02_00_00.txt").write_text("x: Epoch 2 \nx: Epoch time: 10.5 s \n")
+    (tmp_path / "debug.json").write_text("Epoch time: 99 s")  # not a training log
+    assert logged_epoch_seconds(tmp_path) == pytest.approx(609.01 + 718.36 + 10.5)
+
+
 @needs_nnunet
 @pytest.mark.slow
 def test_sweep_with_nnunet_end_to_end(tmp_path):
@@ -211,6 +224,8 @@ def test_killed_nnunet_run_resumes_from_its_latest_checkpoint(tmp_path):
     record = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
     assert record["method"] == "nnunet" and record["status"] == "ok", record.get("error")
     assert record["nnunet_budget"]["epochs_run"] == 6
+    earlier = record["nnunet_budget"]["earlier_training_seconds"]  # the killed process's epochs, from nnU-Net's log
+    assert earlier > 0 and record["train_seconds"] > earlier and record["seconds"] >= record["train_seconds"]
     train_log = (out / "runs" / "nnunet_n2_s0" / "nnunet" / "logs" / "train.log").read_text()
     commands = [line for line in train_log.splitlines() if line.startswith("$ ")]
     assert commands[-1].endswith(" continue"), commands  # resumed, not started again
