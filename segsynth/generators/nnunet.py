@@ -149,8 +149,23 @@ class NnUNetRun:
     root: Path
     device: torch.device
     workers: int | None = None
-    #: peak resident memory of the largest subprocess so far (planning, training), MB; 0 where unknown
+    #: peak resident memory of the largest subprocess so far (planning, training), MB; 0 where unknown. Kept in
+    #: ``costs.json`` with it, so that a run resumed by another process still reports its earlier subprocesses'
     peak_rss_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.peak_rss_mb = max(self.peak_rss_mb, float(self.costs().get("peak_rss_mb", 0.0)))
+
+    @property
+    def costs_path(self) -> Path:
+        return self.root / "costs.json"
+
+    def costs(self) -> dict[str, float]:
+        """What earlier processes of this run measured (``peak_rss_mb``, ``plan_seconds``); {} at first."""
+        return json.loads(self.costs_path.read_text()) if self.costs_path.exists() else {}
+
+    def remember(self, **costs: float) -> None:
+        write_json(self.costs_path, {**self.costs(), **costs})
 
     @property
     def raw(self) -> Path:
@@ -212,6 +227,7 @@ class NnUNetRun:
                 proc.kill()
                 proc.wait()
                 raise
+        self.remember(peak_rss_mb=self.peak_rss_mb)
         if proc.returncode != 0:
             tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"nnU-Net {entry.split(':')[1]} failed (exit {proc.returncode}); {path}:\n{tail}")
@@ -236,12 +252,14 @@ def plan_and_preprocess(run: NnUNetRun, configuration: str, planner: str, fold: 
     done = run.root / "preprocessed.done"
     target = run.preprocessed / run.dataset
     if not done.exists():
+        t0 = time.perf_counter()
         shutil.rmtree(target, ignore_errors=True)
         args = ["-d", str(DATASET_ID), "-c", configuration, "--verify_dataset_integrity", "-npfp", "1",
                 "-np", "1", "-pl", planner]
         run.call("nnunetv2.experiment_planning.plan_and_preprocess_entrypoints:plan_and_preprocess_entry", args,
                  "plan_and_preprocess")
         write_json(target / "splits_final.json", [fold])
+        run.remember(plan_seconds=time.perf_counter() - t0)  # a resumed run's record counts it (it skips this)
         done.write_text("ok\n")
     plans = json.loads((target / f"{PLANS}.json").read_text())
     if configuration not in plans.get("configurations", {}):
@@ -507,6 +525,8 @@ class NnUNetMethod(Method):
         t_generator = time.perf_counter() - t0  # nnunet+GENERATOR: the generator's fit and sampling (else ~0)
         labelled = [c for c in ctx.train if c.mask is not None]
         _, fold = write_raw_dataset(run.raw, ctx.info, labelled, ctx.val, synthetic)
+        # planned by an earlier, interrupted process: the record's seconds include what that planning took
+        earlier_plan = float(run.costs().get("plan_seconds", 0.0)) if (root / "preprocessed.done").exists() else 0.0
         plans = plan_and_preprocess(run, configuration, str(o["planner"]), fold)
         t_before_training = time.perf_counter() - t0
         if saved.exists():  # a resumed run keeps its budget (a wall-clock one above all)
@@ -539,8 +559,9 @@ class NnUNetMethod(Method):
                   "images_seen": iterations * int(budget["batch_size"]), "n_synthetic": len(synthetic),
                   "generator_seconds": t_generator, "plan_seconds": t_before_training - t_generator,
                   "subprocess_peak_memory_mb": run.peak_rss_mb,
-                  # epochs an earlier, interrupted process trained (nnU-Net's log); the record's seconds include them
-                  "earlier_training_seconds": earlier}
+                  # epochs an earlier, interrupted process trained (nnU-Net's log) and its planning; the record's
+                  # seconds include them
+                  "earlier_training_seconds": earlier, "earlier_plan_seconds": earlier_plan}
         log.info("%s: %s budget, %d epochs x %d iterations of batch %d (%d images); validation Dice %.3f",
                  self.name, budget["budget"], epochs, budget["iterations_per_epoch"], budget["batch_size"],
                  fields["images_seen"], val_dice)
@@ -548,7 +569,7 @@ class NnUNetMethod(Method):
         peak = run.peak_rss_mb if run.device.type == "cpu" else 0.0
         return NnUNetResult(model=model.network, best_val_dice=val_dice, best_step=iterations,
                             seconds=time.perf_counter() - t0, steps=iterations, predictor=model, peak_memory_mb=peak,
-                            earlier_seconds=earlier, record_fields={"nnunet_budget": fields})
+                            earlier_seconds=earlier + earlier_plan, record_fields={"nnunet_budget": fields})
 
 
 class NnUNetGeneratorMethod(NnUNetMethod):

@@ -130,6 +130,22 @@ def test_logged_epoch_seconds_sums_every_training_log(tmp_path):
     assert logged_epoch_seconds(tmp_path) == pytest.approx(609.01 + 718.36 + 10.5)
 
 
+def test_subprocess_peak_memory_outlives_the_process_that_measured_it(tmp_path):
+    """A run resumed by a new process (its training finished in the killed one) still reports the peak memory of
+    the subprocesses the earlier process ran, and the planning seconds it spent: both are kept in costs.json."""
+    from segsynth.generators.nnunet import NnUNetRun
+
+    first = NnUNetRun(tmp_path, torch.device("cpu"))
+    assert first.peak_rss_mb == 0.0 and first.costs() == {}  # nothing run yet
+    first.call("faulthandler:enable", [], "probe")  # a real subprocess: a Python interpreter, some MB resident
+    assert first.peak_rss_mb > 1.0
+    first.remember(plan_seconds=12.5)
+    resumed = NnUNetRun(tmp_path, torch.device("cpu"))  # the next process's view of the same run folder
+    assert resumed.peak_rss_mb == pytest.approx(first.peak_rss_mb)
+    assert resumed.costs() == {"peak_rss_mb": pytest.approx(first.peak_rss_mb), "plan_seconds": 12.5}
+    assert "$ faulthandler:enable" in (tmp_path / "logs" / "probe.log").read_text()
+
+
 @needs_nnunet
 @pytest.mark.slow
 def test_sweep_with_nnunet_end_to_end(tmp_path):
@@ -226,6 +242,9 @@ def test_killed_nnunet_run_resumes_from_its_latest_checkpoint(tmp_path):
     assert record["nnunet_budget"]["epochs_run"] == 6
     earlier = record["nnunet_budget"]["earlier_training_seconds"]  # the killed process's epochs, from nnU-Net's log
     assert earlier > 0 and record["train_seconds"] > earlier and record["seconds"] >= record["train_seconds"]
+    assert record["nnunet_budget"]["earlier_plan_seconds"] > 0  # the killed process planned; this one did not
+    assert record["nnunet_budget"]["plan_seconds"] < record["nnunet_budget"]["earlier_plan_seconds"]
+    assert record["nnunet_budget"]["subprocess_peak_memory_mb"] > 200  # nnU-Net's trainer, torch loaded
     train_log = (out / "runs" / "nnunet_n2_s0" / "nnunet" / "logs" / "train.log").read_text()
     commands = [line for line in train_log.splitlines() if line.startswith("$ ")]
     assert commands[-1].endswith(" continue"), commands  # resumed, not started again
