@@ -150,7 +150,7 @@ class NnUNetRun:
     device: torch.device
     workers: int | None = None
     #: peak resident memory of the largest subprocess so far (planning, training), MB; 0 where unknown. Kept in
-    #: ``costs.json`` with it, so that a run resumed by another process still reports its earlier subprocesses'
+    #: ``costs.json``, so that a run resumed by another process still reports the earlier process's subprocesses
     peak_rss_mb: float = 0.0
 
     def __post_init__(self) -> None:
@@ -159,6 +159,11 @@ class NnUNetRun:
     @property
     def costs_path(self) -> Path:
         return self.root / "costs.json"
+
+    @property
+    def planned_marker(self) -> Path:
+        """Written once nnU-Net's planning and preprocessing of the run's dataset finished."""
+        return self.root / "preprocessed.done"
 
     def costs(self) -> dict[str, float]:
         """What earlier processes of this run measured (``peak_rss_mb``, ``plan_seconds``); {} at first."""
@@ -249,7 +254,7 @@ def _wait_with_peak_rss(proc: subprocess.Popen) -> float:
 def plan_and_preprocess(run: NnUNetRun, configuration: str, planner: str, fold: dict[str, list[str]]) -> dict:
     """nnU-Net's fingerprint, plans and preprocessing of the run's dataset (again when an earlier attempt did
     not finish), and the run's own split as ``splits_final.json``; returns the plans."""
-    done = run.root / "preprocessed.done"
+    done = run.planned_marker
     target = run.preprocessed / run.dataset
     if not done.exists():
         t0 = time.perf_counter()
@@ -526,7 +531,7 @@ class NnUNetMethod(Method):
         labelled = [c for c in ctx.train if c.mask is not None]
         _, fold = write_raw_dataset(run.raw, ctx.info, labelled, ctx.val, synthetic)
         # planned by an earlier, interrupted process: the record's seconds include what that planning took
-        earlier_plan = float(run.costs().get("plan_seconds", 0.0)) if (root / "preprocessed.done").exists() else 0.0
+        earlier_plan = float(run.costs().get("plan_seconds", 0.0)) if run.planned_marker.exists() else 0.0
         plans = plan_and_preprocess(run, configuration, str(o["planner"]), fold)
         t_before_training = time.perf_counter() - t0
         if saved.exists():  # a resumed run keeps its budget (a wall-clock one above all)

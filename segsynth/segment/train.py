@@ -128,7 +128,7 @@ class TrainResult:
     data_wait_s: float = 0.0  # time the training thread waited for batches (this session)
     data_wait_fraction: float = 0.0  # data_wait_s / time in training steps (validation not counted)
     source_statistics: dict[str, Any] = field(default_factory=dict)  # sources.source_statistics (this session)
-    earlier_seconds: float = 0.0  # training time an earlier, interrupted process of this run spent (resumed)
+    earlier_seconds: float = 0.0  # what an earlier, interrupted process of this run spent (resumed; nnunet)
 
 
 def is_distributed() -> bool:
