@@ -6,13 +6,15 @@ folders it came from (``results/synthesis_pays_<task>_<tag>/<variant>/results.js
 t interval on the per-split mean differences; P(worse on a new split); the splits that would detect ±2 Dice),
 beside the case-level Wilcoxon p the claims used to quote.
 
-    python benchmarks/method_evidence.py        # results/method_evidence.json, .md, and one plot per task
+    python benchmarks/method_evidence.py           # results/method_evidence.json, .md, and one plot per task
+    python benchmarks/method_evidence.py --readme  # ... and the same table into benchmarks/README.md
 
 Read-only on the sweeps; seconds.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -109,7 +111,29 @@ def load(folder: str, variant: str, baseline: str) -> list[dict[str, Any]]:
     return [r for f in files for r in read_jsonl(f) if r.get("method") in (baseline, variant)]
 
 
-def main() -> None:
+README = Path(__file__).resolve().parent / "README.md"
+HEADING = "## Method-level evidence"
+
+
+def splice_table(text: str, table: list[str], heading: str = HEADING) -> str:
+    """``text`` (a Markdown page) with the first table after ``heading`` replaced by ``table``'s lines."""
+    lines = text.split("\n")
+    try:
+        start = next(i for i, ln in enumerate(lines) if ln.startswith(heading))
+        first = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("| "))
+    except StopIteration:
+        raise SystemExit(f"no table after a line starting {heading!r} to replace") from None
+    end = first
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "\n".join(lines[:first] + table + lines[end:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--readme", action="store_true", help=f"also write the table into {README.name}, replacing "
+                   f"the one under '{HEADING}'")
+    a = p.parse_args(argv)
     rows, by_task = [], {}
     for task, folder, variant, baseline, note in CLAIMS:
         recs = load(folder, variant, baseline)
@@ -142,6 +166,9 @@ def main() -> None:
         split_differences(vs, RESULTS / f"method_evidence_{task}.png", title=f"{task}: each recipe against its "
                           "baseline, split by split")
     print("\n".join(lines))
+    if a.readme:
+        README.write_text(splice_table(README.read_text(), lines))
+        print(f"\nwritten into {README}")
 
 
 if __name__ == "__main__":
