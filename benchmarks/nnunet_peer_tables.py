@@ -84,6 +84,26 @@ def runs_table(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> l
     return lines
 
 
+def machines(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> str:
+    """Which CPU (or GPU) ran each split's runs, e.g. "split 0-2: Intel Xeon (amx); split 3: AMD EPYC; split 1's
+    `nnunet` (seconds): AMD EPYC": the split is the verdict's unit, so a split whose runs were computed on
+    different machines is named with the runs that differ (their seconds do not compare, and Dice moves with the
+    kernels)."""
+    by_split: dict[int, dict[str, list[str]]] = {}
+    for budget, recs in records.items():
+        for r in recs:
+            if int(r["seed"]) in splits and r["test_set"] == "in-domain":
+                where = r.get("cpu") if r.get("device", "cpu") == "cpu" else r.get("device")
+                by_split.setdefault(int(r["seed"]), {}).setdefault(str(where), []).append(
+                    f"`{r['method']}` ({budget})")
+    parts = []
+    for seed in sorted(by_split):
+        kinds = sorted(by_split[seed].items(), key=lambda kv: -len(kv[1]))
+        parts.append(f"split {seed}: {kinds[0][0]}")
+        parts += [f"split {seed}'s {', '.join(runs)}: {cpu}" for cpu, runs in kinds[1:]]
+    return "; ".join(parts)
+
+
 def verdict_table(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> list[str]:
     lines = ["| comparison (budget) | test set | verdict | mean [95 % CI] | per split | P(worse) | splits for ±2 |",
              "|---|---|---|---|---|---|---|"]
@@ -119,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     seen = sorted({int(r["seed"]) for rs in records.values() for r in rs})
     splits = list(range(a.splits)) if a.splits else seen
     print("\n".join(runs_table(records, splits)))
-    print()
+    print(f"\nComputed on: {machines(records, splits)}.\n")
     print("\n".join(verdict_table(records, splits)))
     return 0
 

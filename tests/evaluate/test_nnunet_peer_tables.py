@@ -6,11 +6,11 @@ import json
 import pytest
 
 
-def _record(method, seed, dice, test_set="in-domain", seconds=100.0, peak=1000.0, sub_peak=None):
+def _record(method, seed, dice, test_set="in-domain", seconds=100.0, peak=1000.0, sub_peak=None, cpu="Xeon"):
     cases = [{"case_id": f"c{i}", "dice_mean": dice + 0.01 * i, "hd95_mean": 3.0} for i in range(4)]
     r = {"dataset": "Toy", "method": method, "n_train": 2, "seed": seed, "segmenter": "unet", "status": "ok",
          "test_set": test_set, "per_case": cases, "dice_mean": sum(c["dice_mean"] for c in cases) / 4,
-         "hd95_mean": 3.0, "seconds": seconds, "peak_memory_mb": peak}
+         "hd95_mean": 3.0, "seconds": seconds, "peak_memory_mb": peak, "device": "cpu", "cpu": cpu}
     if sub_peak is not None:
         r["nnunet_budget"] = {"subprocess_peak_memory_mb": sub_peak}
     return r
@@ -33,7 +33,7 @@ def sweeps(tmp_path):
                    _record("nnunet", seed, 0.40, test_set="Shenzhen chest X-ray lungs", sub_peak=1536.0)]
     images.append(_record("nnunet+separate_aug", 0, 0.77, sub_peak=1600.0))  # one split so far
     _write(folder, "images", images)
-    _write(folder, "seconds", [_record("augment", 0, 0.70), _record("nnunet", 0, 0.60, sub_peak=1500.0)])
+    _write(folder, "seconds", [_record("augment", 0, 0.70), _record("nnunet", 0, 0.60, sub_peak=1500.0, cpu="EPYC")])
     return tmp_path
 
 
@@ -64,6 +64,12 @@ def test_verdict_table_orients_each_comparison_as_the_docs_do(sweeps):
     # a split outside those asked for is left out
     one = tables.verdict_table(tables.load(sweeps / "nnunet_peer_toy"), [0])
     assert all("**helped**" not in ln for ln in one)
+
+
+def test_machines_names_the_runs_of_a_split_computed_elsewhere(sweeps):
+    tables = pytest.importorskip("benchmarks.nnunet_peer_tables")
+    got = tables.machines(tables.load(sweeps / "nnunet_peer_toy"), [0, 1])
+    assert got == "split 0: Xeon; split 0's `nnunet` (seconds): EPYC; split 1: Xeon"
 
 
 def test_tables_refuse_a_task_with_no_runs(tmp_path):
