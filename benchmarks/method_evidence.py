@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,17 @@ from segsynth.evaluate.split_evidence import points  # noqa: E402
 from segsynth.experiments.plots import split_differences  # noqa: E402
 from segsynth.experiments.verdict import verdicts  # noqa: E402
 from segsynth.utils.files import read_jsonl  # noqa: E402
+
+#: the comparisons of nnunet_peer.py (also the rows of nnunet_peer_tables.py): (budget, method variant, baseline
+#: variant, note, how docs/nnunet.md names the budget)
+NNUNET_PEER: list[tuple[str, str, str, str, str]] = [
+    ("images", "nnunet", "augment", "nnU-Net, as many images as augment sees", "matched images"),
+    ("images", "separate_aug", "nnunet", "the best recipe against nnU-Net", "matched images"),
+    ("images", "nnunet+separate_aug", "nnunet", "its synthetic pairs added to nnU-Net", "matched images"),
+    ("images", "separate_aug", "augment", "the recipe on the peer benchmark's splits", "these splits"),
+    ("seconds", "nnunet", "augment", "nnU-Net in augment's wall clock", "`augment`'s wall clock"),
+    ("seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs", "wall clock"),
+]
 
 #: (task, sweep folder under results/, method variant, baseline variant, note)
 CLAIMS: list[tuple[str, str, str, str, str]] = [
@@ -84,14 +96,17 @@ CLAIMS: list[tuple[str, str, str, str, str]] = [
     # appear once its sweeps exist)
     *[(task, f"nnunet_peer_{task}/{budget}", variant, baseline, note)
       for task in ("kvasir", "jsrt", "isic", "hippo3d")
-      for budget, variant, baseline, note in (
-          ("images", "nnunet", "augment", "nnU-Net, as many images as augment sees"),
-          ("images", "separate_aug", "nnunet", "the best recipe against nnU-Net"),
-          ("images", "nnunet+separate_aug", "nnunet", "its synthetic pairs added to nnU-Net"),
-          ("images", "separate_aug", "augment", "the recipe on the peer benchmark's splits"),
-          ("seconds", "nnunet", "augment", "nnU-Net in augment's wall clock"),
-          ("seconds", "nnunet+separate_aug", "nnunet", "... with the synthetic pairs"))],
+      for budget, variant, baseline, note, _ in NNUNET_PEER],
 ]
+
+
+def evidence_cells(s: Mapping[str, Any]) -> list[str]:
+    """The table cells after a verdict's word, from ``split_effect``'s result (or a row with its keys): mean
+    [95 % CI] (no interval under 2 splits), the per-split differences, P(worse), the splits that detect ±2."""
+    ci = f"[{points(s['ci_low'])}, {points(s['ci_high'])}]" if math.isfinite(s["ci_low"]) else ""
+    pw = f"{100 * s['p_worse']:.0f} %" if math.isfinite(s["p_worse"]) else "–"
+    return [f"{points(s['mean'])} {ci}".strip(), ", ".join(points(d) for d in s["split_diffs"]), pw,
+            str(s["splits_needed"] or "–")]
 
 
 def load(folder: str, variant: str, baseline: str) -> list[dict[str, Any]]:
@@ -154,12 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["| task | comparison | test set | verdict | mean Δ [95 % CI] | per split | P(worse) | splits for ±2 | "
              "case-level p |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ci = f"[{points(r['ci_low'])}, {points(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
-        pw = f"{100 * r['p_worse']:.0f} %" if math.isfinite(r["p_worse"]) else "–"
         p = r["case_wilcoxon_p"]
         lines.append(f"| {r['task']} | {r['method']} vs {r['baseline']} ({r['note']}) | {r['test_set']} | "
-                     f"**{r['word']}** | {points(r['mean'])} {ci} | {', '.join(points(d) for d in r['split_diffs'])} "
-                     f"| {pw} | {r['splits_needed'] if r['splits_needed'] else '–'} | "
+                     f"**{r['word']}** | {' | '.join(evidence_cells(r))} | "
                      f"{p:.1g} |" if math.isfinite(p) else "n/a |")
     (RESULTS / "method_evidence.md").write_text("\n".join(lines) + "\n")
     for task, vs in by_task.items():

@@ -4,8 +4,8 @@
     python benchmarks/nnunet_peer_tables.py jsrt --splits 6
 
 Prints two Markdown tables: each run's Dice and HD95 per split (in domain), its seconds and peak memory (nnU-Net's
-own subprocesses for ``nnunet`` runs); then the split-level verdict of each comparison the benchmark makes (the
-rows of ``method_evidence.py``, in the same orientation), per test set. A split not recorded yet shows "–", so the
+own subprocesses for ``nnunet`` runs); then the split-level verdict of each comparison the benchmark makes
+(``method_evidence.NNUNET_PEER``, in the same orientation and cells), per test set. A split not recorded yet shows "–", so the
 tables can be read while the benchmark is still running. Read-only; seconds.
 """
 
@@ -19,20 +19,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS  # noqa: E402
+from method_evidence import NNUNET_PEER, evidence_cells  # noqa: E402
 
-from segsynth.evaluate.split_evidence import points  # noqa: E402
 from segsynth.experiments.verdict import verdicts  # noqa: E402
 from segsynth.utils.files import read_jsonl  # noqa: E402
-
-#: (budget, method, baseline, how the row names the budget): the comparisons of method_evidence.py's nnunet_peer rows
-COMPARISONS: list[tuple[str, str, str, str]] = [
-    ("images", "nnunet", "augment", "matched images"),
-    ("images", "separate_aug", "nnunet", "matched images"),
-    ("images", "nnunet+separate_aug", "nnunet", "matched images"),
-    ("images", "separate_aug", "augment", "these splits"),
-    ("seconds", "nnunet", "augment", "`augment`'s wall clock"),
-    ("seconds", "nnunet+separate_aug", "nnunet", "wall clock"),
-]
 
 #: (budget, method, row label) of the per-run table
 RUNS: list[tuple[str, str, str]] = [
@@ -62,8 +52,8 @@ def load(folder: Path) -> dict[str, list[dict[str, Any]]]:
 def _peak_mb(r: dict[str, Any]) -> float:
     """nnU-Net runs: the peak of the subprocesses that planned, trained and predicted (the process that wrote the
     record only waited on them); segsynth runs: the sweep's own peak."""
-    sub = (r.get("nnunet_budget") or {}).get("subprocess_peak_memory_mb") or 0.0
-    return max(float(sub), 0.0) if r["method"].startswith("nnunet") and sub else float(r.get("peak_memory_mb", 0))
+    sub = float((r.get("nnunet_budget") or {}).get("subprocess_peak_memory_mb") or 0.0)
+    return sub if r["method"].startswith("nnunet") and sub > 0 else float(r.get("peak_memory_mb", 0))
 
 
 def runs_table(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> list[str]:
@@ -85,9 +75,9 @@ def runs_table(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> l
 
 
 def machines(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> str:
-    """Which CPU (or GPU) ran each split's runs, e.g. "split 0-2: Intel Xeon (amx); split 3: AMD EPYC; split 1's
-    `nnunet` (seconds): AMD EPYC": the split is the verdict's unit, so a split whose runs were computed on
-    different machines is named with the runs that differ (their seconds do not compare, and Dice moves with the
+    """Which CPU (or GPU) ran each split's runs, e.g. "split 0: Intel Xeon (amx); split 0's `nnunet` (seconds):
+    AMD EPYC; split 1: AMD EPYC": the split is the verdict's unit, so a split whose runs were computed on
+    different machines names the runs that differ (their seconds do not compare, and Dice moves with the
     kernels)."""
     by_split: dict[int, dict[str, list[str]]] = {}
     for budget, recs in records.items():
@@ -107,21 +97,17 @@ def machines(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> str
 def verdict_table(records: dict[str, list[dict[str, Any]]], splits: list[int]) -> list[str]:
     lines = ["| comparison (budget) | test set | verdict | mean [95 % CI] | per split | P(worse) | splits for ±2 |",
              "|---|---|---|---|---|---|---|"]
-    for budget, method, baseline, how in COMPARISONS:
+    for budget, method, baseline, _, how in NNUNET_PEER:
         recs = [r for r in records[budget] if r["method"] in (method, baseline) and int(r["seed"]) in splits]
         first = True
         for v in verdicts(recs, baselines=(baseline,)):
             if v["method_a"] != method:
                 continue
             s = v["split"]
-            ci = f"[{points(s['ci_low'])}, {points(s['ci_high'])}]" if math.isfinite(s["ci_low"]) else ""
-            pw = f"{100 * s['p_worse']:.0f} %" if math.isfinite(s["p_worse"]) else "–"
-            mean = f"{points(s['mean'])} {ci}".strip()
             word = f"**{s['word']}**" if s["word"] in ("helped", "hurt") else s["word"]
             name = f"`{method}` vs `{baseline}` ({how})" if first else ""
             first = False
-            lines.append(f"| {name} | {test_set_name(v['test_set'])} | {word} | {mean} | "
-                         f"{', '.join(points(d) for d in s['split_diffs'])} | {pw} | {s['splits_needed'] or '–'} |")
+            lines.append(f"| {name} | {test_set_name(v['test_set'])} | {word} | {' | '.join(evidence_cells(s))} |")
     return lines
 
 
