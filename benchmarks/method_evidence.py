@@ -109,6 +109,14 @@ def evidence_cells(s: Mapping[str, Any]) -> list[str]:
             str(s["splits_needed"] or "–")]
 
 
+def evidence_row(r: Mapping[str, Any]) -> str:
+    """One row of the evidence table; a case-level p that could not be computed reads "n/a" in its own cell."""
+    p = r["case_wilcoxon_p"]
+    case_p = f"{p:.1g}" if math.isfinite(p) else "n/a"
+    return (f"| {r['task']} | {r['method']} vs {r['baseline']} ({r['note']}) | {r['test_set']} | **{r['word']}** | "
+            f"{' | '.join(evidence_cells(r))} | {case_p} |")
+
+
 def load(folder: str, variant: str, baseline: str) -> list[dict[str, Any]]:
     """The two variants' records, each relabelled with its variant name; ``augment@K`` is augment at N=K of a
     headroom sweep, relabelled to the baseline's N so that the verdict pairs it with the baseline's runs."""
@@ -168,11 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     (RESULTS / "method_evidence.json").write_text(json.dumps({"claims": rows}, indent=1, default=str))
     lines = ["| task | comparison | test set | verdict | mean Δ [95 % CI] | per split | P(worse) | splits for ±2 | "
              "case-level p |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        p = r["case_wilcoxon_p"]
-        lines.append(f"| {r['task']} | {r['method']} vs {r['baseline']} ({r['note']}) | {r['test_set']} | "
-                     f"**{r['word']}** | {' | '.join(evidence_cells(r))} | "
-                     f"{p:.1g} |" if math.isfinite(p) else "n/a |")
+    lines += [evidence_row(r) for r in rows]
     (RESULTS / "method_evidence.md").write_text("\n".join(lines) + "\n")
     for task, vs in by_task.items():
         split_differences(vs, RESULTS / f"method_evidence_{task}.png", title=f"{task}: each recipe against its "
