@@ -20,6 +20,8 @@ hippocampus 3D with 2 volumes. Data comes from ../shared/data. Each record has i
 Writes ``benchmarks/results/nnunet_peer_<task>[_<tag>].json`` (summary, method-level verdicts per budget) and
 ``..._dice.png``; the sweeps in ``benchmarks/results/nnunet_peer_<task>[_<tag>]/{images,seconds}/``.
 ``--out`` writes elsewhere (a smoke run at tiny scale: ``--steps 4 --splits 1 --iterations 2 --out /tmp/x``).
+A call for some splits (``--splits 1 --first-split K``, to run splits side by side) adds its runs to the sweeps
+but leaves the summary alone; ``--splits 6`` afterwards writes it from every split (finished runs are skipped).
 """
 
 from __future__ import annotations
@@ -118,7 +120,18 @@ def seed_wall_clock_sweep(images_out: Path, seconds_out: Path) -> None:
                 f.write(line + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+#: the fewest splits a committed summary is written from (the issue's "at least 6 splits")
+MIN_SPLITS = 6
+
+
+def partial_call(a: argparse.Namespace) -> bool:
+    """A call that runs some of the splits (``--first-split K`` or fewer than MIN_SPLITS): its sweeps resume
+    into the shared results.jsonl, but its summary would hold only its own splits, so it must not replace the
+    committed one."""
+    return a.first_split > 0 or a.splits < MIN_SPLITS
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=sorted(TASKS))
     p.add_argument("--splits", type=int, default=6, help="seeds, i.e. splits (the verdict's unit); >= 6")
@@ -145,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--tag", default="")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     if a.threads:
         import torch
 
@@ -179,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
 
         path = results / f"{name}.json"
         write_json(path, {"benchmark": name, "config": config, "comparisons": comparisons})
+    elif partial_call(a):
+        print(f"\nsummary not written: this call ran split(s) {a.first_split}-{a.first_split + a.splits - 1} only, "
+              f"and {RESULTS / name}.json holds the whole benchmark; `--splits {max(a.first_split + a.splits, MIN_SPLITS)}` "
+              "writes it (finished runs are not run again)")
+        return 0
     else:
         path = write_summary(name, config, all_records, comparisons)
     plot_cfg = dataclasses.replace(next(iter(cfgs.values())),

@@ -96,3 +96,12 @@ def test_evidence_row_keeps_its_cells_when_the_case_level_p_is_missing():
     assert evidence.evidence_row(row) == ("| toy | a vs b (n) | in-domain | **hurt** | −5.0 [−8.0, −2.0] | −4.0, −6.0 | "
                                           "90 % | 7 | n/a |")
     assert evidence.evidence_row({**row, "case_wilcoxon_p": 0.0123}).endswith("| 7 | 0.01 |")
+
+
+
+@pytest.mark.parametrize(("argv", "partial"), [(["hippo3d"], False), (["hippo3d", "--splits", "8"], False),
+                                               (["hippo3d", "--splits", "1", "--first-split", "3"], True),
+                                               (["hippo3d", "--splits", "3"], True)])
+def test_a_call_for_some_splits_leaves_the_committed_summary_alone(argv, partial):
+    peer = pytest.importorskip("benchmarks.nnunet_peer")
+    assert peer.partial_call(peer.build_parser().parse_args(argv)) is partial
