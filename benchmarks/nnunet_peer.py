@@ -52,6 +52,9 @@ TASKS: dict[str, tuple[str, int, int, int, Any, str | None]] = {
     "hippo3d": ("hippocampus", 2, 2, 3, (40, 56, 40), None),
 }
 
+#: the fewest splits a committed summary is written from (the issue's "at least 6 splits"); --splits' default
+MIN_SPLITS = 6
+
 def flagship_generator(dims: int) -> dict[str, Any]:
     """The Pix2Pix / GenSeg generator of the flagship sweeps (benchmarks/synthesis_pays.py at its defaults: width 16
     in 2D, 8 in 3D), so that ``separate_aug`` here is the recipe those sweeps measured; --recipe-options replaces
@@ -120,10 +123,6 @@ def seed_wall_clock_sweep(images_out: Path, seconds_out: Path) -> None:
                 f.write(line + "\n")
 
 
-#: the fewest splits a committed summary is written from (the issue's "at least 6 splits")
-MIN_SPLITS = 6
-
-
 def partial_call(a: argparse.Namespace) -> bool:
     """A call that runs some of the splits (``--first-split K`` or fewer than MIN_SPLITS): its sweeps resume
     into the shared results.jsonl, but its summary would hold only its own splits, so it must not replace the
@@ -134,7 +133,8 @@ def partial_call(a: argparse.Namespace) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--splits", type=int, default=6, help="seeds, i.e. splits (the verdict's unit); >= 6")
+    p.add_argument("--splits", type=int, default=MIN_SPLITS,
+                   help=f"seeds, i.e. splits (the verdict's unit); >= {MIN_SPLITS}")
     p.add_argument("--first-split", type=int, default=0, help="first seed (a split per call, then all at once: "
                    "finished runs are not run again)")
     p.add_argument("--recipe", default="separate_aug", help="the segsynth recipe (its generator joins nnU-Net)")
@@ -186,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         all_records += [{**r, "budget": budget, "method": r["method"] if budget == "images" else
                          f"{r['method']} (wall clock)"} for r in records
                         if not (budget == "seconds" and r["method"] == "augment")]
+    if not a.out and partial_call(a):
+        last = a.first_split + a.splits - 1
+        print(f"\nsummary not written: this call ran split(s) {a.first_split}-{last} only, and "
+              f"{RESULTS / name}.json holds the whole benchmark; `--splits {max(last + 1, MIN_SPLITS)}` writes it "
+              "(finished runs are not run again)")
+        return 0
     config = {"task": a.task, "splits": a.splits, "first_split": a.first_split, "recipe": a.recipe, "steps": a.steps,
               "lr": a.lr,
               "threads": a.threads, "segmenter_features": UNET_FEATURES[TASKS[a.task][3]],
@@ -196,11 +202,6 @@ def main(argv: list[str] | None = None) -> int:
 
         path = results / f"{name}.json"
         write_json(path, {"benchmark": name, "config": config, "comparisons": comparisons})
-    elif partial_call(a):
-        print(f"\nsummary not written: this call ran split(s) {a.first_split}-{a.first_split + a.splits - 1} only, "
-              f"and {RESULTS / name}.json holds the whole benchmark; `--splits {max(a.first_split + a.splits, MIN_SPLITS)}` "
-              "writes it (finished runs are not run again)")
-        return 0
     else:
         path = write_summary(name, config, all_records, comparisons)
     plot_cfg = dataclasses.replace(next(iter(cfgs.values())),

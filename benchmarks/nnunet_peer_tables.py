@@ -5,8 +5,8 @@
 
 Prints two Markdown tables: each run's Dice and HD95 per split (in domain), its seconds and peak memory (nnU-Net's
 own subprocesses for ``nnunet`` runs); then the split-level verdict of each comparison the benchmark makes
-(``method_evidence.NNUNET_PEER``, in the same orientation and cells), per test set. A split not recorded yet shows "–", so the
-tables can be read while the benchmark is still running. Read-only; seconds.
+(``method_evidence.NNUNET_PEER``, in the same orientation and cells), per test set. A split not recorded yet
+shows "–", so the tables can be read while the benchmark is still running. Read-only; seconds.
 """
 
 from __future__ import annotations

@@ -93,10 +93,9 @@ def test_evidence_row_keeps_its_cells_when_the_case_level_p_is_missing():
     row = {"task": "toy", "method": "a", "baseline": "b", "note": "n", "test_set": "in-domain", "word": "hurt",
            "mean": -0.05, "ci_low": -0.08, "ci_high": -0.02, "split_diffs": [-0.04, -0.06], "p_worse": 0.9,
            "splits_needed": 7, "case_wilcoxon_p": float("nan")}
-    assert evidence.evidence_row(row) == ("| toy | a vs b (n) | in-domain | **hurt** | −5.0 [−8.0, −2.0] | −4.0, −6.0 | "
-                                          "90 % | 7 | n/a |")
+    assert evidence.evidence_row(row) == ("| toy | a vs b (n) | in-domain | **hurt** | −5.0 [−8.0, −2.0] | "
+                                          "−4.0, −6.0 | 90 % | 7 | n/a |")
     assert evidence.evidence_row({**row, "case_wilcoxon_p": 0.0123}).endswith("| 7 | 0.01 |")
-
 
 
 @pytest.mark.parametrize(("argv", "partial"), [(["hippo3d"], False), (["hippo3d", "--splits", "8"], False),
