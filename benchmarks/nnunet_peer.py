@@ -102,6 +102,15 @@ def sweep_configs(a: argparse.Namespace, out: Path) -> dict[str, SweepConfig]:
         out_cfgs["seconds"] = SweepConfig(out=out / "seconds", methods=["augment", "nnunet", combo],
                                           method_options=opts, title=f"nnU-Net peer, {a.task}: matched wall clock",
                                           **base)
+    if a.methods:
+        wanted = [m.strip() for m in a.methods.split(",") if m.strip()]
+        known = {m for c in out_cfgs.values() for m in c.methods}
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise SystemExit(f"--methods: unknown {', '.join(unknown)} (this call's sweeps run "
+                             f"{', '.join(sorted(known))})")
+        out_cfgs = {b: dataclasses.replace(c, methods=[m for m in c.methods if m in wanted])
+                    for b, c in out_cfgs.items() if set(c.methods) & set(wanted)}
     return out_cfgs
 
 
@@ -124,10 +133,10 @@ def seed_wall_clock_sweep(images_out: Path, seconds_out: Path) -> None:
 
 
 def partial_call(a: argparse.Namespace) -> bool:
-    """A call that runs some of the splits (``--first-split K`` or fewer than MIN_SPLITS): its sweeps resume
-    into the shared results.jsonl, but its summary would hold only its own splits, so it must not replace the
-    committed one."""
-    return a.first_split > 0 or a.splits < MIN_SPLITS
+    """A call that runs some of the splits (``--first-split K`` or fewer than MIN_SPLITS) or some of the methods
+    (``--methods``): its sweeps resume into the shared results.jsonl, but its summary would hold only its own runs,
+    so it must not replace the committed one."""
+    return a.first_split > 0 or a.splits < MIN_SPLITS or bool(a.methods)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-synthetic", type=int, default=None, help="synthetic pairs nnunet+<recipe> adds (default: "
                    "as many as the real training cases)")
     p.add_argument("--budget", default="images,seconds", help="images, seconds or both (seconds needs images)")
+    p.add_argument("--methods", default=None, help="comma-separated: run only these of the sweeps' methods "
+                   "(e.g. nnunet+separate_aug beside another call running nnunet on the same split; each run "
+                   "appends its own lines to results.jsonl); the summary is left alone")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=3e-3, help="segsynth's segmenters (the flagship sweeps' 3e-3)")
@@ -188,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         if not (budget == "seconds" and r["method"] == "augment")]
     if not a.out and partial_call(a):
         last = a.first_split + a.splits - 1
-        print(f"\nsummary not written: this call ran split(s) {a.first_split}-{last} only, and "
+        which = f"method(s) {a.methods} of " if a.methods else ""
+        print(f"\nsummary not written: this call ran {which}split(s) {a.first_split}-{last} only, and "
               f"{RESULTS / name}.json holds the whole benchmark; `--splits {max(last + 1, MIN_SPLITS)}` writes it "
               "(finished runs are not run again)")
         return 0

@@ -100,7 +100,23 @@ def test_evidence_row_keeps_its_cells_when_the_case_level_p_is_missing():
 
 @pytest.mark.parametrize(("argv", "partial"), [(["hippo3d"], False), (["hippo3d", "--splits", "8"], False),
                                                (["hippo3d", "--splits", "1", "--first-split", "3"], True),
-                                               (["hippo3d", "--splits", "3"], True)])
+                                               (["hippo3d", "--splits", "3"], True),
+                                               (["hippo3d", "--methods", "nnunet"], True)])
 def test_a_call_for_some_splits_leaves_the_committed_summary_alone(argv, partial):
     peer = pytest.importorskip("benchmarks.nnunet_peer")
     assert peer.partial_call(peer.build_parser().parse_args(argv)) is partial
+
+
+def test_methods_runs_only_the_named_runs_of_each_sweep_and_names_unknown_ones(tmp_path):
+    peer = pytest.importorskip("benchmarks.nnunet_peer")
+    parse = peer.build_parser().parse_args
+    cfgs = peer.sweep_configs(parse(["hippo3d", "--data", str(tmp_path), "--methods", "nnunet+separate_aug"]),
+                              tmp_path / "out")
+    assert {b: c.methods for b, c in cfgs.items()} == {"images": ["nnunet+separate_aug"],
+                                                       "seconds": ["nnunet+separate_aug"]}
+    only_images = peer.sweep_configs(parse(["hippo3d", "--data", str(tmp_path), "--methods", "separate_aug"]),
+                                     tmp_path / "out")
+    assert {b: c.methods for b, c in only_images.items()} == {"images": ["separate_aug"]}
+    with pytest.raises(SystemExit, match="unknown nnunet_aug"):
+        peer.sweep_configs(parse(["hippo3d", "--data", str(tmp_path), "--methods", "nnunet,nnunet_aug"]),
+                           tmp_path / "out")
