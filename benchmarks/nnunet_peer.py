@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(path, {"benchmark": name, "config": config, "comparisons": comparisons})
     else:
         path = write_summary(name, config, all_records, comparisons)
-    plot_cfg = dataclasses.replace(next(iter(cfgs.values())),
+    plot_cfg = dataclasses.replace(next(iter(cfgs.values())), title=f"nnU-Net peer, {a.task}: " +
+                                   " and ".join({"images": "matched images", "seconds": "augment's wall clock"}[b]
+                                                for b in cfgs),
                                    methods=list(dict.fromkeys(r["method"] for r in all_records)))
     dice_plot([r for r in all_records if r.get("status") == "ok"], plot_cfg, path.with_name(f"{name}_dice.png"))
     print(f"\nsummary: {path}")
