@@ -43,6 +43,7 @@ from segsynth.data.preprocess import PreprocessSpec  # noqa: E402
 from segsynth.experiments.sweep import SweepConfig, print_summary, run_sweep  # noqa: E402
 from segsynth.experiments.verdict import verdicts  # noqa: E402
 from segsynth.segment.train import TrainConfig  # noqa: E402
+from segsynth.utils.files import dir_lock  # noqa: E402
 
 #: task -> (folder, n_train, n_val, spatial dims, 2D size / 3D shape, external test folder or None)
 TASKS: dict[str, tuple[str, int, int, int, Any, str | None]] = {
@@ -54,6 +55,9 @@ TASKS: dict[str, tuple[str, int, int, int, Any, str | None]] = {
 
 #: the fewest splits a committed summary is written from (the issue's "at least 6 splits"); --splits' default
 MIN_SPLITS = 6
+
+#: what each budget matches, in the sweeps' report titles and the summary plot's
+BUDGET_TITLES = {"images": "matched images", "seconds": "augment's wall clock"}
 
 def flagship_generator(dims: int) -> dict[str, Any]:
     """The Pix2Pix / GenSeg generator of the flagship sweeps (benchmarks/synthesis_pays.py at its defaults: width 16
@@ -94,13 +98,15 @@ def sweep_configs(a: argparse.Namespace, out: Path) -> dict[str, SweepConfig]:
         opts = {"nnunet": dict(nn_opts), combo: {**nn_opts, **combo_opts, **recipe_opts.get(a.recipe, {})},
                 **recipe_opts}
         out_cfgs["images"] = SweepConfig(out=out / "images", methods=["augment", a.recipe, "nnunet", combo],
-                                         method_options=opts, title=f"nnU-Net peer, {a.task}: matched images",
+                                         method_options=opts,
+                                         title=f"nnU-Net peer, {a.task}: {BUDGET_TITLES['images']}",
                                          **base)
     if "seconds" in a.budget:
         sec = {**nn_opts, "budget": "seconds"}
         opts = {"nnunet": dict(sec), combo: {**sec, **combo_opts, **recipe_opts.get(a.recipe, {})}}
         out_cfgs["seconds"] = SweepConfig(out=out / "seconds", methods=["augment", "nnunet", combo],
-                                          method_options=opts, title=f"nnU-Net peer, {a.task}: matched wall clock",
+                                          method_options=opts,
+                                          title=f"nnU-Net peer, {a.task}: {BUDGET_TITLES['seconds']}",
                                           **base)
     if a.methods:
         wanted = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -122,14 +128,15 @@ def seed_wall_clock_sweep(images_out: Path, seconds_out: Path) -> None:
         raise SystemExit(f"the wall-clock sweep needs the images sweep's augment runs first ({src})")
     seconds_out.mkdir(parents=True, exist_ok=True)
     dst = seconds_out / "results.jsonl"
-    have = dst.read_text().splitlines() if dst.exists() else []
-    keys = {(r["method"], r["seed"], r["test_set"]) for r in map(json.loads, have)}
-    with open(dst, "a") as f:
-        for line in src.read_text().splitlines():
-            r = json.loads(line)
-            if r.get("method") == "augment" and r.get("status") == "ok" and \
-                    (r["method"], r["seed"], r["test_set"]) not in keys:
-                f.write(line + "\n")
+    with dir_lock(seconds_out):  # two --methods calls side by side: the record is copied once
+        have = dst.read_text().splitlines() if dst.exists() else []
+        keys = {(r["method"], r["seed"], r["test_set"]) for r in map(json.loads, have)}
+        with open(dst, "a") as f:
+            for line in src.read_text().splitlines():
+                r = json.loads(line)
+                if r.get("method") == "augment" and r.get("status") == "ok" and \
+                        (r["method"], r["seed"], r["test_set"]) not in keys:
+                    f.write(line + "\n")
 
 
 def partial_call(a: argparse.Namespace) -> bool:
@@ -218,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         path = write_summary(name, config, all_records, comparisons)
     plot_cfg = dataclasses.replace(next(iter(cfgs.values())), title=f"nnU-Net peer, {a.task}: " +
-                                   " and ".join({"images": "matched images", "seconds": "augment's wall clock"}[b]
-                                                for b in cfgs),
+                                   " and ".join(BUDGET_TITLES[b] for b in cfgs),
                                    methods=list(dict.fromkeys(r["method"] for r in all_records)))
     dice_plot([r for r in all_records if r.get("status") == "ok"], plot_cfg, path.with_name(f"{name}_dice.png"))
     print(f"\nsummary: {path}")

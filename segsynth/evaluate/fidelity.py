@@ -18,13 +18,12 @@ is the ceiling a faithful generator should approach.)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from segsynth.data.case import Case, DatasetInfo
 from segsynth.evaluate.metrics import case_metrics
 from segsynth.evaluate.quality import grid_report
 from segsynth.segment.inference import predict, predict_many
+from segsynth.utils.files import dir_lock
 from segsynth.utils.seed import derive_seed, torch_generator
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def reference_segmenter(ctx: Any, directory: str | Path | None, *, reuse: Sequen
         log.info("label fidelity: training the reference %s segmenter", REFERENCE_METHOD)
         return get_method(REFERENCE_METHOD, **opts).run(dataclasses.replace(ctx, workdir=None, options=opts,
                                                                             hooks=[])).model
-    with _dir_lock(directory):  # parallel runs of one sweep cell (Ray) train it once
+    with dir_lock(directory):  # parallel runs of one sweep cell (Ray) train it once
         model = load_reference(directory / "model", ctx.device)
         if model is not None:
             log.info("label fidelity: reference segmenter from %s", directory / "model")
@@ -182,19 +182,6 @@ def save_reference(result: Any, ctx: Any, directory: str | Path) -> Path:
                           "train_ids": [c.case_id for c in ctx.train]})
     shutil.rmtree(directory / "checkpoint", ignore_errors=True)
     return directory / "model"
-
-
-@contextlib.contextmanager
-def _dir_lock(directory: Path) -> Iterator[None]:
-    import fcntl
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(directory.parent / f".{directory.name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------- for the sweep
@@ -273,7 +260,7 @@ def sweep_fidelity(method: Any, ctx: Any, result: Any, *, out: str | Path, augme
     directory = reference_dir(ref_ctx, augment_options)
     if getattr(method, "name", None) == REFERENCE_METHOD:
         if directory is not None and not (directory / "model" / "model.json").exists():
-            with _dir_lock(directory):
+            with dir_lock(directory):
                 save_reference(result, ctx, directory)
         return None
     whole = ctx

@@ -74,6 +74,22 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+@contextlib.contextmanager
+def dir_lock(directory: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (a ``.<name>.lock`` file beside it) for the ``with`` block, so that
+    processes sharing it (parallel runs of one sweep cell, two benchmark calls side by side) take turns."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / f".{directory.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def append_jsonl(path: str | Path, obj: Any) -> None:
     """Append one record as a single write + fsync, so a kill leaves whole lines only."""
     path = Path(path)

@@ -120,3 +120,13 @@ def test_methods_runs_only_the_named_runs_of_each_sweep_and_names_unknown_ones(t
     with pytest.raises(SystemExit, match="unknown nnunet_aug"):
         peer.sweep_configs(parse(["hippo3d", "--data", str(tmp_path), "--methods", "nnunet,nnunet_aug"]),
                            tmp_path / "out")
+
+
+def test_wall_clock_sweep_is_seeded_with_each_finished_augment_record_once(tmp_path):
+    peer = pytest.importorskip("benchmarks.nnunet_peer")
+    _write(tmp_path, "images", [_record("augment", 0, 0.7), _record("augment", 1, 0.8),
+                                {**_record("augment", 2, 0.0), "status": "failed"}, _record("nnunet", 0, 0.75)])
+    for _ in range(2):  # a second call (another --methods call of the same split) copies nothing again
+        peer.seed_wall_clock_sweep(tmp_path / "images", tmp_path / "seconds")
+    seeded = [json.loads(line) for line in (tmp_path / "seconds" / "results.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["seed"]) for r in seeded] == [("augment", 0), ("augment", 1)]
